@@ -1,0 +1,36 @@
+//! Pure types and rules shared by every part of aws2azure.
+//!
+//! Nothing here performs I/O or needs an async runtime: the crate builds for
+//! `wasm32-unknown-unknown` (the edge Worker) and natively (signer, CLI), and
+//! every rule can be tested with canned data.
+//!
+//! One module per protocol concept:
+//! - [`jwk`]: RSA public keys as JWKs and key sets, RFC 7638 key ids.
+//! - [`discovery`]: the canonical issuer and its OpenID discovery document.
+//! - [`assertion`]: the client assertion's header, claims and JWS signing input.
+//! - [`profile`]: the token profiles an operator configures.
+//! - [`allowlist`]: CIDR sets with fast containment and the allowlist modes.
+//! - [`service_tags`]: Microsoft's Service Tags download, reduced to one tag.
+
+pub mod allowlist;
+pub mod assertion;
+pub mod discovery;
+mod error;
+pub mod jwk;
+pub mod profile;
+pub mod service_tags;
+
+pub use error::Error;
+
+/// Base64url without padding, the encoding of every JOSE field.
+pub(crate) fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub(crate) fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+}

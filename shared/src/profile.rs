@@ -1,0 +1,613 @@
+//! Token profiles: the operator's list of which Entra application, scope and
+//! federated subject the broker may ever request a token for.
+//!
+//! A profile name is the path segment of `GET /token/{profile}` and part of
+//! the IAM resource ARN, which is why a raw scope is never used there.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::discovery::is_loopback_host;
+
+/// Entra's global authority; sovereign clouds and tests configure another.
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+/// Entra limits a federated credential's subject to 600 characters.
+pub const MAX_SUBJECT_LEN: usize = 600;
+/// Profile names become path segments and IAM ARN parts: keep them short.
+pub const MAX_PROFILE_NAME_LEN: usize = 64;
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// URL-safe profile name: `[A-Za-z0-9._-]`, 1 to 64 characters, not
+    /// starting with a dot.
+    ProfileName
+);
+string_newtype!(
+    /// Directory (tenant) id: a GUID or a verified domain name.
+    TenantId
+);
+string_newtype!(
+    /// Application (client) id of the Entra app registration: a GUID.
+    ClientId
+);
+string_newtype!(
+    /// One resource's `/.default` scope.
+    Scope
+);
+string_newtype!(
+    /// The `sub` of the assertion; matched exactly by a federated credential.
+    Subject
+);
+string_newtype!(
+    /// Base URL of the Entra authority, without a trailing slash.
+    Authority
+);
+
+impl ProfileName {
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let fail = |reason: String| Error::InvalidProfile {
+            profile: printable(name),
+            field: "name",
+            reason,
+        };
+        if name.is_empty() || name.len() > MAX_PROFILE_NAME_LEN {
+            return Err(fail(format!(
+                "must be 1 to {MAX_PROFILE_NAME_LEN} characters long"
+            )));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(fail(
+                "use only letters, digits, `-`, `_` and `.`: it is a URL path segment and part of an IAM resource ARN".into(),
+            ));
+        }
+        if name.starts_with('.') {
+            return Err(fail("must not start with `.`".into()));
+        }
+        Ok(Self(name.to_string()))
+    }
+}
+
+impl TenantId {
+    pub fn parse(tenant: &str) -> Result<Self, Error> {
+        let lower = tenant.to_ascii_lowercase();
+        if matches!(lower.as_str(), "common" | "organizations" | "consumers") {
+            return Err(reason_only(
+                "tenant_id",
+                format!(
+                    "`{tenant}` is not a tenant: client-credential tokens need the directory's \
+                     GUID or a verified domain (Entra admin center > Overview > Tenant ID)"
+                ),
+            ));
+        }
+        if is_guid(tenant) || is_domain(tenant) {
+            Ok(Self(tenant.to_string()))
+        } else {
+            Err(reason_only(
+                "tenant_id",
+                format!(
+                    "`{}` is neither a GUID nor a domain name; use the Directory (tenant) ID",
+                    printable(tenant)
+                ),
+            ))
+        }
+    }
+}
+
+impl ClientId {
+    pub fn parse(client: &str) -> Result<Self, Error> {
+        if is_guid(client) {
+            Ok(Self(client.to_string()))
+        } else {
+            Err(reason_only(
+                "client_id",
+                format!(
+                    "`{}` is not a GUID; use the app registration's Application (client) ID",
+                    printable(client)
+                ),
+            ))
+        }
+    }
+}
+
+impl Scope {
+    pub fn parse(scope: &str) -> Result<Self, Error> {
+        if scope.split_whitespace().count() > 1 || scope.contains(',') {
+            return Err(reason_only(
+                "scope",
+                format!(
+                    "`{}` names more than one resource; Entra issues a client-credential token \
+                     for one resource, so make one profile per resource",
+                    printable(scope)
+                ),
+            ));
+        }
+        if scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(reason_only("scope", "must not contain whitespace".into()));
+        }
+        let Some(resource) = scope.strip_suffix("/.default") else {
+            return Err(reason_only(
+                "scope",
+                format!(
+                    "`{}` must end in `/.default`, e.g. `https://graph.microsoft.com/.default`: \
+                     client-credential tokens carry the app's granted roles for one resource",
+                    printable(scope)
+                ),
+            ));
+        };
+        if resource.is_empty() || resource.contains("/.default") {
+            return Err(reason_only(
+                "scope",
+                format!(
+                    "`{}` must name exactly one resource before `/.default`",
+                    printable(scope)
+                ),
+            ));
+        }
+        Ok(Self(scope.to_string()))
+    }
+}
+
+impl Subject {
+    pub fn parse(subject: &str) -> Result<Self, Error> {
+        let len = subject.chars().count();
+        if len == 0 || len > MAX_SUBJECT_LEN {
+            return Err(reason_only(
+                "subject",
+                format!(
+                    "is {len} characters long; Entra accepts 1 to {MAX_SUBJECT_LEN}, matched exactly"
+                ),
+            ));
+        }
+        if subject.trim() != subject || subject.chars().any(char::is_control) {
+            return Err(reason_only(
+                "subject",
+                "must not have leading or trailing whitespace or control characters: Entra \
+                 matches it exactly"
+                    .into(),
+            ));
+        }
+        Ok(Self(subject.to_string()))
+    }
+}
+
+impl Authority {
+    pub fn parse(authority: &str) -> Result<Self, Error> {
+        let trimmed = authority.strip_suffix('/').unwrap_or(authority);
+        let fail =
+            |reason: &str| reason_only("authority", format!("`{}` {reason}", printable(authority)));
+        let uri: http::Uri = trimmed
+            .parse()
+            .map_err(|_| fail("is not an absolute URL"))?;
+        let host = uri
+            .authority()
+            .map(|a| a.host())
+            .ok_or_else(|| fail("has no host; expected e.g. https://login.microsoftonline.com"))?;
+        if uri.query().is_some() {
+            return Err(fail("must not contain a query"));
+        }
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback_host(host) => {}
+            _ => return Err(fail("must use https (http only on loopback, for tests)")),
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    pub fn default_global() -> Self {
+        Self(DEFAULT_AUTHORITY.to_string())
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`
+    pub fn token_endpoint(&self, tenant: &TenantId) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.0, tenant.0)
+    }
+}
+
+/// One profile as written in configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+/// A validated profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub tenant_id: TenantId,
+    pub client_id: ClientId,
+    pub scope: Scope,
+    pub subject: Subject,
+    pub authority: Authority,
+}
+
+impl Profile {
+    pub fn new(name: &str, config: &ProfileConfig) -> Result<Self, Error> {
+        let name = ProfileName::parse(name)?;
+        let named = |err: Error| match err {
+            Error::InvalidProfile { field, reason, .. } => Error::InvalidProfile {
+                profile: name.0.clone(),
+                field,
+                reason,
+            },
+            other => other,
+        };
+        Ok(Self {
+            tenant_id: TenantId::parse(&config.tenant_id).map_err(named)?,
+            client_id: ClientId::parse(&config.client_id).map_err(named)?,
+            scope: Scope::parse(&config.scope).map_err(named)?,
+            subject: Subject::parse(&config.subject).map_err(named)?,
+            authority: match &config.authority {
+                Some(a) => Authority::parse(a).map_err(named)?,
+                None => Authority::default_global(),
+            },
+            name,
+        })
+    }
+
+    /// Identifies the token this profile yields. Every part that changes the
+    /// token is in it, so no token crosses profiles even when two profiles
+    /// share a name over time.
+    pub fn cache_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.name.0,
+            self.authority.0,
+            self.tenant_id.0,
+            self.client_id.0,
+            self.scope.0,
+            self.subject.0
+        )
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        self.authority.token_endpoint(&self.tenant_id)
+    }
+}
+
+/// The validated set of profiles, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profiles(BTreeMap<ProfileName, Profile>);
+
+impl Profiles {
+    /// Parses `{"name": {tenant_id, client_id, scope, subject, authority?}, ...}`.
+    pub fn from_json(json: &str) -> Result<Self, Error> {
+        let raw: BTreeMap<String, ProfileConfig> = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidProfiles(format!(
+                "expected a JSON object of profiles, each with tenant_id, client_id, scope, \
+                 subject and optional authority ({e})"
+            ))
+        })?;
+        Self::from_configs(raw)
+    }
+
+    pub fn from_configs(raw: BTreeMap<String, ProfileConfig>) -> Result<Self, Error> {
+        if raw.is_empty() {
+            return Err(Error::InvalidProfiles(
+                "no profiles are configured; define at least one".into(),
+            ));
+        }
+        raw.iter()
+            .map(|(name, cfg)| Profile::new(name, cfg).map(|p| (p.name.clone(), p)))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.0.iter().find(|(k, _)| k.0 == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn reason_only(field: &'static str, reason: String) -> Error {
+    Error::InvalidProfile {
+        profile: String::new(),
+        field,
+        reason,
+    }
+}
+
+/// Echoes user input into an error safely: bounded and without control
+/// characters, so a hostile value cannot flood or forge log lines.
+pub(crate) fn printable(input: &str) -> String {
+    const MAX: usize = 80;
+    let mut out: String = input
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if input.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_domain(s: &str) -> bool {
+    s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "00000000-1111-2222-3333-444444444444";
+
+    fn config() -> ProfileConfig {
+        ProfileConfig {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            scope: "https://graph.microsoft.com/.default".into(),
+            subject: "aws2azure:graph-reader".into(),
+            authority: None,
+        }
+    }
+
+    fn field_of(err: Error) -> (&'static str, String) {
+        match err {
+            Error::InvalidProfile {
+                field, ref reason, ..
+            } => (field, reason.clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_typical_profile() {
+        let p = Profile::new("graph", &config()).unwrap();
+        assert_eq!(p.authority.as_str(), DEFAULT_AUTHORITY);
+        assert_eq!(
+            p.token_endpoint(),
+            format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")
+        );
+        let domain = ProfileConfig {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            scope: "api://00000000-1111-2222-3333-444444444444/.default".into(),
+            authority: Some("http://127.0.0.1:9000/".into()),
+            ..config()
+        };
+        let p = Profile::new("my_api.v2", &domain).unwrap();
+        assert_eq!(p.authority.as_str(), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn errors_name_the_profile_field_and_fix() {
+        let cases: Vec<(&str, ProfileConfig, &str, &str)> = vec![
+            (
+                "p",
+                ProfileConfig {
+                    tenant_id: "common".into(),
+                    ..config()
+                },
+                "tenant_id",
+                "verified domain",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    tenant_id: "not a tenant".into(),
+                    ..config()
+                },
+                "tenant_id",
+                "GUID",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    tenant_id: "1.2.3.4".into(),
+                    ..config()
+                },
+                "tenant_id",
+                "GUID",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    client_id: "graph".into(),
+                    ..config()
+                },
+                "client_id",
+                "Application (client) ID",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    scope: "https://graph.microsoft.com/.default https://vault.azure.net/.default"
+                        .into(),
+                    ..config()
+                },
+                "scope",
+                "one profile per resource",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    scope: "https://graph.microsoft.com/User.Read".into(),
+                    ..config()
+                },
+                "scope",
+                "/.default",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    scope: "/.default".into(),
+                    ..config()
+                },
+                "scope",
+                "exactly one resource",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    scope: "https://a/.default/.default".into(),
+                    ..config()
+                },
+                "scope",
+                "exactly one resource",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    subject: "x".repeat(700),
+                    ..config()
+                },
+                "subject",
+                "700 characters",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    subject: "".into(),
+                    ..config()
+                },
+                "subject",
+                "1 to 600",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    subject: " padded".into(),
+                    ..config()
+                },
+                "subject",
+                "whitespace",
+            ),
+            (
+                "p",
+                ProfileConfig {
+                    authority: Some("http://login.example.com".into()),
+                    ..config()
+                },
+                "authority",
+                "https",
+            ),
+            ("a/b", config(), "name", "letters, digits"),
+            ("..", config(), "name", "must not start"),
+            (".hidden", config(), "name", "must not start"),
+            ("", config(), "name", "1 to 64"),
+        ];
+        for (name, cfg, field, hint) in cases {
+            let err = Profile::new(name, &cfg).unwrap_err();
+            let text = err.to_string();
+            let (f, reason) = field_of(err);
+            assert_eq!(f, field, "{text}");
+            assert!(reason.contains(hint), "{text}");
+            if field != "name" {
+                assert!(text.starts_with(&format!("profile `{name}`")), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn subject_limit_is_in_characters() {
+        assert!(Subject::parse(&"é".repeat(600)).is_ok());
+        assert!(Subject::parse(&"é".repeat(601)).is_err());
+    }
+
+    #[test]
+    fn profiles_from_json() {
+        let json = format!(
+            r#"{{"graph": {{"tenant_id":"{TENANT}","client_id":"{CLIENT}",
+                "scope":"https://graph.microsoft.com/.default","subject":"s"}}}}"#
+        );
+        let profiles = Profiles::from_json(&json).unwrap();
+        assert_eq!(profiles.len(), 1);
+        assert!(profiles.get("graph").is_some());
+        assert!(profiles.get("other").is_none());
+
+        let err = Profiles::from_json("{}").unwrap_err();
+        assert!(err.to_string().contains("at least one"), "{err}");
+        let err = Profiles::from_json(r#"{"g": {"tenant": "x"}}"#).unwrap_err();
+        assert!(err.to_string().contains("tenant_id"), "{err}");
+    }
+
+    #[test]
+    fn cache_keys_differ_when_anything_token_relevant_differs() {
+        let a = Profile::new("a", &config()).unwrap();
+        let b = Profile::new(
+            "a",
+            &ProfileConfig {
+                subject: "other".into(),
+                ..config()
+            },
+        )
+        .unwrap();
+        let c = Profile::new("c", &config()).unwrap();
+        assert_ne!(a.cache_key(), b.cache_key());
+        assert_ne!(a.cache_key(), c.cache_key());
+    }
+
+    #[test]
+    fn hostile_input_is_bounded_in_messages() {
+        let err = Profile::new(&"\u{0}x".repeat(5000), &config()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 400, "{}", text.len());
+        assert!(!text.contains('\u{0}'));
+    }
+}
