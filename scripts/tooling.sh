@@ -11,3 +11,58 @@ ensure_rust() {
     rustup target list --installed | grep -qx wasm32-unknown-unknown ||
         rustup target add wasm32-unknown-unknown
 }
+
+# Debian packages, installed only when their command is missing.
+ensure_apt() { # ensure_apt COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    step "apt-get install $2"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+
+# A cargo-installed tool at an exact version (`--locked` first; the crates
+# mirror can lag a lock file's pins, then resolve afresh, see TOOLCHAIN.md).
+ensure_cargo_tool() { # ensure_cargo_tool CRATE VERSION BINARY
+    if "$3" --version 2>/dev/null | grep -q "$2"; then return 0; fi
+    step "cargo install $1 $2"
+    cargo install "$1" --version "$2" --locked || cargo install "$1" --version "$2"
+}
+
+# The Worker build tools. worker-build would download wasm-bindgen and
+# wasm-opt from github.com, which CI cannot reach: wasm-bindgen comes from
+# crates.io at the exact version edge/Cargo.toml pins, wasm-opt is disabled
+# in edge/Cargo.toml, esbuild comes from npm (wrangler's own).
+ensure_worker_tools() {
+    ensure_cargo_tool worker-build 0.8.7 worker-build
+    ensure_cargo_tool wasm-bindgen-cli 0.2.130 wasm-bindgen
+    export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen)}"
+    export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
+}
+
+# npm packages of package-lock.json (wrangler, miniflare/workerd, jose).
+ensure_node() {
+    export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false CI=1
+    local stamp=node_modules/.package-lock.sha256
+    local want
+    want=$(sha256sum package-lock.json | cut -d' ' -f1)
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+    step "npm ci (pinned wrangler, miniflare, jose)"
+    npm ci --no-audit --no-fund --loglevel=error
+    echo "$want" >"$stamp"
+}
+
+# A virtualenv in .venv with requirements-test.txt (moto server, awscurl, PyJWT).
+ensure_python() {
+    local stamp=.venv/.requirements.sha256
+    local want
+    want=$(sha256sum requirements-test.txt | cut -d' ' -f1)
+    if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+        step "python venv .venv (pinned moto[server], awscurl, PyJWT)"
+        [ -x .venv/bin/python ] || python3 -m venv .venv
+        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+        echo "$want" >"$stamp"
+    fi
+    export AWS2AZURE_PYTHON="$PWD/.venv/bin/python"
+    export PATH="$PWD/.venv/bin:$PATH"
+}
