@@ -1,1 +1,28 @@
-//! placeholder
+//! The aws2azure token broker.
+//!
+//! `GET /token/{profile}` → an Entra access token, with no Azure secret: the
+//! broker signs a short-lived client assertion with a KMS key and exchanges
+//! it at Entra through workload identity federation, caching the result.
+//!
+//! The core ([`broker`]) works through small traits ([`signing::AssertionSigner`],
+//! [`entra::TokenExchange`], [`cache::SharedCache`], [`clock::Clock`]); the
+//! adapters for real services ([`kms`], [`entra::EntraClient`], [`dynamodb`])
+//! and for local runs ([`signing::LocalKeySigner`]) plug into them. [`api`]
+//! is the HTTP boundary, [`runtime`] wires it all from [`settings`] for the
+//! Lambda (`bootstrap`).
+
+pub mod api;
+pub mod broker;
+pub mod cache;
+pub mod clock;
+pub mod dynamodb;
+pub mod entra;
+mod error;
+pub mod kms;
+pub mod metrics;
+pub mod runtime;
+pub mod settings;
+pub mod signing;
+pub mod token;
+
+pub use error::{CONFIGURATION_AADSTS, Error, RETRYABLE_AADSTS};

@@ -1,0 +1,528 @@
+//! The token broker: profile → cache → single flight → assertion → sign →
+//! exchange → cache.
+//!
+//! - Cache hits never call KMS or Entra (the KMS Sign quota is shared by the
+//!   account; Entra punishes uncached callers with AADSTS50196).
+//! - Concurrent misses for one token in one process share one load (single
+//!   flight); across processes a lease in the shared tier lets one instance
+//!   refresh while the others wait for its result or serve the old token.
+//! - Tokens are refreshed ahead of expiry (a jittered margin, or Entra's
+//!   `refresh_in`); when a refresh fails and the old token is still valid for
+//!   the caller, the old token is served.
+//! - Entra errors that can succeed on retry are retried with jittered
+//!   exponential backoff (honouring `Retry-After`) within a deadline far
+//!   inside API Gateway's 29 s, each attempt with a fresh assertion.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use aws2azure_shared::assertion::AssertionBuilder;
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::profile::{Profile, Profiles};
+
+use crate::Error;
+use crate::cache::{CacheKey, MemoryCache, SharedCache};
+use crate::clock::Clock;
+use crate::entra::{ExchangeRequest, IssuedToken, TokenExchange};
+use crate::signing::AssertionSigner;
+use crate::token::{CachedToken, Freshness};
+
+/// Tunables, with the defaults of the design.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    pub issuer: Issuer,
+    /// Refresh a token with less than this left (default 300 s).
+    pub refresh_margin_secs: u64,
+    /// Lifetime of each assertion (default 300 s, at most 600 s).
+    pub assertion_lifetime_secs: u64,
+    /// The whole exchange, retries included (default 20 s; API Gateway
+    /// gives up at 29 s).
+    pub exchange_deadline: Duration,
+    /// Attempts at Entra for one load, the first included (default 4).
+    pub max_attempts: u32,
+    /// First backoff; doubles per attempt, full jitter (default 200 ms).
+    pub backoff_base: Duration,
+    /// Longest single backoff when Entra sends no `Retry-After` (default 2 s).
+    pub backoff_max: Duration,
+    /// How long a refresh lease in the shared tier holds (default 30 s).
+    pub lease_secs: u64,
+    /// How long to wait for a peer that holds the lease (default 3 s)...
+    pub peer_wait: Duration,
+    /// ...polling the shared tier this often (default 100 ms).
+    pub peer_poll: Duration,
+}
+
+impl BrokerSettings {
+    pub fn new(issuer: Issuer) -> Self {
+        Self {
+            issuer,
+            refresh_margin_secs: 300,
+            assertion_lifetime_secs: aws2azure_shared::assertion::DEFAULT_LIFETIME_SECS,
+            exchange_deadline: Duration::from_secs(20),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            lease_secs: 30,
+            peer_wait: Duration::from_secs(3),
+            peer_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Where a served token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The in-process tier.
+    Hit,
+    /// The shared tier (another instance fetched it).
+    SharedHit,
+    /// Fetched from Entra by this request.
+    Miss,
+    /// Joined a fetch another request in this process had started.
+    Coalesced,
+    /// A peer instance held the refresh lease; its result was awaited.
+    PeerFetched,
+    /// Due for refresh, refreshed.
+    Refreshed,
+    /// Due for refresh, but refreshing failed or a peer is refreshing: the
+    /// still-valid token was served.
+    Stale,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::SharedHit => "shared-hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::PeerFetched => "peer",
+            Self::Refreshed => "refreshed",
+            Self::Stale => "stale",
+        }
+    }
+
+    /// Whether the token was served without asking Entra in this request.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Self::Hit | Self::SharedHit | Self::Stale | Self::PeerFetched)
+    }
+}
+
+/// What one load cost upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    pub entra_calls: u32,
+    pub entra_ms: u64,
+    pub sign_calls: u32,
+    pub sign_ms: u64,
+    /// The shared tier failed during this request; the in-process tier
+    /// carried on alone.
+    pub shared_cache_degraded: bool,
+}
+
+/// A served token and how it was obtained.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub token: CachedToken,
+    pub outcome: CacheOutcome,
+    pub upstream: Upstream,
+    /// A refresh failure that was absorbed by serving the old token.
+    pub absorbed_error: Option<Error>,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Issued, Error>>>;
+
+/// The broker. Cheap to clone; clones share caches and in-flight loads.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    profiles: Profiles,
+    settings: BrokerSettings,
+    signer: Arc<dyn AssertionSigner>,
+    exchange: Arc<dyn TokenExchange>,
+    shared: Option<Arc<dyn SharedCache>>,
+    memory: MemoryCache,
+    clock: Arc<dyn Clock>,
+    flights: Mutex<HashMap<CacheKey, Flight>>,
+    /// Names this instance as a lease holder.
+    instance_id: String,
+}
+
+/// Largest `min_validity` accepted: Entra's client-credential tokens live
+/// 60 to 90 minutes, so asking for more than 55 can never be met.
+pub const MAX_MIN_VALIDITY_SECS: u64 = 3300;
+
+impl Broker {
+    pub fn new(
+        profiles: Profiles,
+        settings: BrokerSettings,
+        signer: Arc<dyn AssertionSigner>,
+        exchange: Arc<dyn TokenExchange>,
+        shared: Option<Arc<dyn SharedCache>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                profiles,
+                settings,
+                signer,
+                exchange,
+                shared,
+                memory: MemoryCache::default(),
+                clock,
+                flights: Mutex::new(HashMap::new()),
+                instance_id: uuid::Uuid::new_v4().to_string(),
+            }),
+        }
+    }
+
+    pub fn profiles(&self) -> &Profiles {
+        &self.inner.profiles
+    }
+
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.inner.settings
+    }
+
+    pub fn signer(&self) -> &Arc<dyn AssertionSigner> {
+        &self.inner.signer
+    }
+
+    /// A token for `profile_name` that stays valid at least `min_validity`
+    /// seconds (as far as Entra's token lifetime allows).
+    pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Error> {
+        let inner = &self.inner;
+        let profile = inner
+            .profiles
+            .get(profile_name)
+            .ok_or_else(|| Error::UnknownProfile(profile_name.to_string()))?;
+        if min_validity > MAX_MIN_VALIDITY_SECS {
+            return Err(Error::InvalidRequest(format!(
+                "min_validity must be at most {MAX_MIN_VALIDITY_SECS} seconds: Entra's tokens \
+                 live 60 to 90 minutes"
+            )));
+        }
+        let key = CacheKey::for_profile(profile);
+        let now = inner.clock.now_unix();
+        let cached = inner.memory.get(&key);
+        match cached.as_ref().map(|t| t.freshness(now, min_validity)) {
+            Some(Freshness::Fresh) => Ok(Issued {
+                token: cached.expect("matched Some"),
+                outcome: CacheOutcome::Hit,
+                upstream: Upstream::default(),
+                absorbed_error: None,
+            }),
+            Some(Freshness::RefreshDue) => {
+                let old = cached.expect("matched Some");
+                match self.load(profile, &key, min_validity).await {
+                    Ok(mut issued) => {
+                        if issued.outcome == CacheOutcome::Miss {
+                            issued.outcome = CacheOutcome::Refreshed;
+                        }
+                        Ok(issued)
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            profile = profile_name,
+                            error = %err,
+                            aadsts = err.aadsts(),
+                            remaining_secs = old.remaining(now),
+                            "refresh failed; serving the still-valid token"
+                        );
+                        Ok(Issued {
+                            token: old,
+                            outcome: CacheOutcome::Stale,
+                            upstream: Upstream::default(),
+                            absorbed_error: Some(err),
+                        })
+                    }
+                }
+            }
+            Some(Freshness::Unusable) | None => self.load(profile, &key, min_validity).await,
+        }
+    }
+
+    /// Single flight: one load per cache key at a time in this process.
+    async fn load(&self, profile: &Profile, key: &CacheKey, min_validity: u64) -> Result<Issued, Error> {
+        // A joined flight may have been started with a laxer `min_validity`
+        // and served from a cache tier; then one more round is needed.
+        for _round in 0..2 {
+            let (flight, joined) = self.flight(profile, key, min_validity);
+            let mut issued = flight.await?;
+            let now = self.inner.clock.now_unix();
+            let satisfied = issued.token.freshness(now, min_validity) != Freshness::Unusable;
+            if !joined {
+                return Ok(issued);
+            }
+            if satisfied || matches!(issued.outcome, CacheOutcome::Miss) {
+                issued.outcome = match issued.outcome {
+                    CacheOutcome::Miss => CacheOutcome::Coalesced,
+                    other => other,
+                };
+                return Ok(issued);
+            }
+        }
+        // Two rounds of joined flights that could not satisfy the caller:
+        // load alone (no coalescing) as a last resort.
+        self.inner.load_uncoalesced(profile, key, min_validity).await
+    }
+
+    fn flight(&self, profile: &Profile, key: &CacheKey, min_validity: u64) -> (Flight, bool) {
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get(key) {
+            return (flight.clone(), true);
+        }
+        let inner = self.inner.clone();
+        let (profile, owned_key) = (profile.clone(), key.clone());
+        let flight = async move {
+            let result = inner.load_uncoalesced(&profile, &owned_key, min_validity).await;
+            // Leave the map before anyone can observe the result, so that a
+            // later miss starts a new load instead of reusing this one.
+            inner
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&owned_key);
+            result
+        }
+        .boxed()
+        .shared();
+        flights.insert(key.clone(), flight.clone());
+        (flight, false)
+    }
+}
+
+impl Inner {
+    async fn load_uncoalesced(
+        &self,
+        profile: &Profile,
+        key: &CacheKey,
+        min_validity: u64,
+    ) -> Result<Issued, Error> {
+        let now = self.clock.now_unix();
+        let served = |token: CachedToken, outcome, upstream| Issued {
+            token,
+            outcome,
+            upstream,
+            absorbed_error: None,
+        };
+        // A flight that finished just before this one started may have
+        // filled the in-process tier.
+        if let Some(t) = self.memory.get(key)
+            && t.freshness(now, min_validity) == Freshness::Fresh
+        {
+            return Ok(served(t, CacheOutcome::Hit, Upstream::default()));
+        }
+        let mut upstream = Upstream::default();
+        let mut still_valid: Option<CachedToken> = None;
+        let mut leased = false;
+        if let Some(shared) = &self.shared {
+            match self.read_shared(shared.as_ref(), key, now, min_validity, &mut upstream).await {
+                SharedState::Fresh(t) => {
+                    self.memory.put(key, t.clone());
+                    return Ok(served(t, CacheOutcome::SharedHit, upstream));
+                }
+                SharedState::RefreshDue(t) => still_valid = Some(t),
+                SharedState::Missing | SharedState::Degraded => {}
+            }
+            if !upstream.shared_cache_degraded {
+                let until = now + self.settings.lease_secs;
+                match shared.try_lease(key, &self.instance_id, now, until).await {
+                    Ok(true) => leased = true,
+                    Ok(false) => {
+                        if let Some(t) = still_valid.take() {
+                            // A peer is refreshing; the old token serves.
+                            return Ok(served(t, CacheOutcome::Stale, upstream));
+                        }
+                        if let Some(t) = self.await_peer(shared.as_ref(), key, min_validity, &mut upstream).await {
+                            self.memory.put(key, t.clone());
+                            return Ok(served(t, CacheOutcome::PeerFetched, upstream));
+                        }
+                        tracing::warn!(profile = %key.profile, "a peer holds the refresh lease but delivered nothing; fetching");
+                    }
+                    Err(err) => self.degrade(&err, &mut upstream),
+                }
+            }
+        }
+
+        let fetched = self.fetch(profile, &mut upstream).await;
+        if let Some(shared) = &self.shared {
+            if let Ok(token) = &fetched
+                && !upstream.shared_cache_degraded
+                && let Err(err) = shared.put(key, token).await
+            {
+                self.degrade(&err, &mut upstream);
+            }
+            if leased && let Err(err) = shared.release_lease(key, &self.instance_id).await {
+                tracing::warn!(profile = %key.profile, error = %err, "could not release the refresh lease; it expires by itself");
+            }
+        }
+        match fetched {
+            Ok(token) => {
+                self.memory.put(key, token.clone());
+                Ok(served(token, CacheOutcome::Miss, upstream))
+            }
+            Err(err) => match still_valid {
+                Some(t) => {
+                    tracing::warn!(profile = %key.profile, error = %err, aadsts = err.aadsts(), "refresh failed; serving the still-valid shared token");
+                    Ok(Issued {
+                        token: t,
+                        outcome: CacheOutcome::Stale,
+                        upstream,
+                        absorbed_error: Some(err),
+                    })
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    async fn read_shared(
+        &self,
+        shared: &dyn SharedCache,
+        key: &CacheKey,
+        now: u64,
+        min_validity: u64,
+        upstream: &mut Upstream,
+    ) -> SharedState {
+        match shared.get(key, now).await {
+            Ok(Some(t)) => match t.freshness(now, min_validity) {
+                Freshness::Fresh => SharedState::Fresh(t),
+                Freshness::RefreshDue => SharedState::RefreshDue(t),
+                Freshness::Unusable => SharedState::Missing,
+            },
+            Ok(None) => SharedState::Missing,
+            Err(err) => {
+                self.degrade(&err, upstream);
+                SharedState::Degraded
+            }
+        }
+    }
+
+    async fn await_peer(
+        &self,
+        shared: &dyn SharedCache,
+        key: &CacheKey,
+        min_validity: u64,
+        upstream: &mut Upstream,
+    ) -> Option<CachedToken> {
+        let deadline = Instant::now() + self.settings.peer_wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(self.settings.peer_poll).await;
+            let now = self.clock.now_unix();
+            match self.read_shared(shared, key, now, min_validity, upstream).await {
+                SharedState::Fresh(t) => return Some(t),
+                SharedState::Degraded => return None,
+                SharedState::RefreshDue(_) | SharedState::Missing => {}
+            }
+        }
+        None
+    }
+
+    fn degrade(&self, err: &Error, upstream: &mut Upstream) {
+        if !upstream.shared_cache_degraded {
+            tracing::warn!(error = %err, "shared token cache unavailable; continuing with the in-process cache");
+        }
+        upstream.shared_cache_degraded = true;
+    }
+
+    /// Signs a fresh assertion and exchanges it, retrying what can succeed.
+    async fn fetch(&self, profile: &Profile, upstream: &mut Upstream) -> Result<CachedToken, Error> {
+        let settings = &self.settings;
+        let started = Instant::now();
+        let deadline = started + settings.exchange_deadline;
+        let token_endpoint = profile.token_endpoint();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = self.clock.now_unix();
+            let claims = AssertionBuilder::new(&settings.issuer, &profile.subject)
+                .lifetime_secs(settings.assertion_lifetime_secs)?
+                .build(now, &uuid::Uuid::new_v4().to_string())?;
+            let signing = Instant::now();
+            // KMS throttling is retried by the SDK client itself (bounded);
+            // a second retry loop here would multiply the attempts.
+            let assertion = self.signer.sign_assertion(&claims).await;
+            upstream.sign_calls += 1;
+            upstream.sign_ms += signing.elapsed().as_millis() as u64;
+            let assertion = assertion?;
+
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let request = ExchangeRequest {
+                token_endpoint: &token_endpoint,
+                client_id: profile.client_id.as_str(),
+                scope: profile.scope.as_str(),
+                assertion: &assertion,
+            };
+            let calling = Instant::now();
+            let result = match tokio::time::timeout(remaining, self.exchange.exchange(&request)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::EntraTimeout(settings.exchange_deadline)),
+            };
+            upstream.entra_calls += 1;
+            upstream.entra_ms += calling.elapsed().as_millis() as u64;
+            let err = match result {
+                Ok(issued) => return Ok(self.to_cached(issued, now)),
+                Err(err) => err,
+            };
+            if !err.is_retryable() || attempt >= settings.max_attempts {
+                return Err(err);
+            }
+            let wait = err.retry_after().unwrap_or_else(|| self.backoff(attempt));
+            if Instant::now() + wait >= deadline {
+                tracing::warn!(profile = %profile.name, attempt, wait_ms = wait.as_millis() as u64, "no time left to retry Entra");
+                return Err(err);
+            }
+            tracing::warn!(
+                profile = %profile.name,
+                attempt,
+                aadsts = err.aadsts(),
+                error = %err,
+                wait_ms = wait.as_millis() as u64,
+                "retrying the token exchange"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Exponential backoff, capped, with "equal jitter": half fixed, half
+    /// random, so retries of many callers spread out yet never come at once.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.backoff_base.as_millis() as u64;
+        let cap = self.settings.backoff_max.as_millis() as u64;
+        let ceiling = base.saturating_mul(1 << attempt.min(16)).min(cap);
+        Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling.max(1)))
+    }
+
+    fn to_cached(&self, issued: IssuedToken, now: u64) -> CachedToken {
+        let expires_on = now + issued.expires_in;
+        let margin = self.settings.refresh_margin_secs;
+        let planned = match issued.refresh_in {
+            Some(refresh_in) if refresh_in < issued.expires_in => now + refresh_in,
+            // Short-lived tokens refresh at half-life, not immediately.
+            _ if issued.expires_in <= 2 * margin => now + issued.expires_in / 2,
+            _ => expires_on - margin,
+        };
+        // Jitter spreads the refreshes of many instances over a minute or so.
+        let jitter = fastrand::u64(0..=(margin / 5).min(planned.saturating_sub(now) / 5));
+        CachedToken {
+            access_token: issued.access_token,
+            token_type: issued.token_type,
+            expires_on,
+            refresh_on: planned - jitter,
+        }
+    }
+}
+
+enum SharedState {
+    Fresh(CachedToken),
+    RefreshDue(CachedToken),
+    Missing,
+    Degraded,
+}

@@ -1,0 +1,289 @@
+//! The token exchange at Entra: OAuth 2.0 client credentials with a JWT
+//! client assertion (RFC 7523), v2.0 endpoint.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws2azure_shared::assertion::ClientAssertion;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::token::AccessToken;
+
+/// `client_assertion_type` for a JWT bearer assertion (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// One token request.
+#[derive(Debug)]
+pub struct ExchangeRequest<'a> {
+    /// `{authority}/{tenant}/oauth2/v2.0/token`
+    pub token_endpoint: &'a str,
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub assertion: &'a ClientAssertion,
+}
+
+/// What Entra issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub access_token: AccessToken,
+    pub token_type: String,
+    pub expires_in: u64,
+    /// When Entra suggests refreshing (present on some responses).
+    pub refresh_in: Option<u64>,
+}
+
+#[async_trait]
+pub trait TokenExchange: Send + Sync + 'static {
+    async fn exchange(&self, request: &ExchangeRequest<'_>) -> Result<IssuedToken, Error>;
+}
+
+/// Entra over HTTPS (reqwest + rustls).
+#[derive(Clone, Debug)]
+pub struct EntraClient {
+    http: reqwest::Client,
+    attempt_timeout: Duration,
+}
+
+impl EntraClient {
+    /// `attempt_timeout` bounds one HTTP exchange; the broker bounds the
+    /// retries around it.
+    pub fn new(attempt_timeout: Duration) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(attempt_timeout)
+            .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
+            .user_agent(concat!("aws2azure/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(270))
+            .build()
+            .map_err(|e| Error::config("entra http client", e.to_string()))?;
+        Ok(Self {
+            http,
+            attempt_timeout,
+        })
+    }
+
+    /// Opens a connection to the authority ahead of the first request, so
+    /// the TLS handshake is paid during Lambda init, not by a caller.
+    pub async fn warm(&self, authority: &str) {
+        let started = std::time::Instant::now();
+        match self.http.head(authority).send().await {
+            Ok(_) => tracing::debug!(authority, elapsed_ms = started.elapsed().as_millis() as u64, "connection to Entra warmed"),
+            Err(e) => tracing::warn!(authority, error = %e, "could not warm the connection to Entra"),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenExchange for EntraClient {
+    async fn exchange(&self, request: &ExchangeRequest<'_>) -> Result<IssuedToken, Error> {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", request.client_id),
+            ("scope", request.scope),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", request.assertion.expose()),
+        ];
+        let response = self
+            .http
+            .post(request.token_endpoint)
+            .header(http::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        if (200..300).contains(&status) {
+            parse_success(&body)
+        } else {
+            Err(parse_error(status, &body, retry_after))
+        }
+    }
+}
+
+impl EntraClient {
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::EntraTimeout(self.attempt_timeout)
+        } else {
+            // reqwest's message names the URL (no secret in it) and the cause.
+            Error::EntraUnreachable(e.without_url().to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: String,
+    #[serde(default = "bearer")]
+    token_type: String,
+    #[serde(deserialize_with = "number_or_string")]
+    expires_in: u64,
+    #[serde(default, deserialize_with = "opt_number_or_string")]
+    refresh_in: Option<u64>,
+}
+
+fn bearer() -> String {
+    "Bearer".into()
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+}
+
+/// Parses Entra's success document.
+pub fn parse_success(body: &[u8]) -> Result<IssuedToken, Error> {
+    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field, never the value.
+        Error::EntraResponse(format!("success response is not a token document ({e})"))
+    })?;
+    if parsed.access_token.is_empty() || parsed.expires_in == 0 {
+        return Err(Error::EntraResponse(
+            "success response has an empty token or no lifetime".into(),
+        ));
+    }
+    Ok(IssuedToken {
+        access_token: AccessToken::new(parsed.access_token),
+        token_type: parsed.token_type,
+        expires_in: parsed.expires_in,
+        refresh_in: parsed.refresh_in,
+    })
+}
+
+/// Parses Entra's error document (or whatever a proxy answered instead).
+pub fn parse_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Error {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let aadsts = parsed
+        .error_codes
+        .first()
+        .copied()
+        .or_else(|| aadsts_in(&parsed.error_description));
+    // Entra appends trace and correlation ids and a timestamp on further
+    // lines; the first line is the message.
+    let first_line = parsed.error_description.lines().next().unwrap_or_default().trim();
+    let description = if first_line.is_empty() {
+        format!("HTTP {status} without an Entra error document")
+    } else {
+        truncate(first_line, 500)
+    };
+    Error::Entra {
+        status,
+        error: if parsed.error.is_empty() { "http_error".into() } else { truncate(&parsed.error, 64) },
+        description,
+        aadsts,
+        correlation_id: parsed.correlation_id.map(|c| truncate(&c, 64)),
+        retry_after,
+    }
+}
+
+fn aadsts_in(text: &str) -> Option<u32> {
+    let at = text.find("AADSTS")? + "AADSTS".len();
+    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        s.chars().take(max).collect::<String>() + "…"
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        N(u64),
+        S(String),
+    }
+    match Either::deserialize(d)? {
+        Either::N(n) => Ok(n),
+        Either::S(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+fn opt_number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number_or_string(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_success_in_both_number_styles() {
+        let t = parse_success(br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0"}"#).unwrap();
+        assert_eq!(t.expires_in, 3599);
+        assert_eq!(t.access_token.expose(), "eyJ0");
+        assert_eq!(t.refresh_in, None);
+        let t = parse_success(br#"{"token_type":"Bearer","expires_in":"3599","refresh_in":"1799","access_token":"x"}"#).unwrap();
+        assert_eq!((t.expires_in, t.refresh_in), (3599, Some(1799)));
+        for bad in [&br#"{"expires_in":1}"#[..], br#"{"access_token":"","expires_in":1}"#, b"<html>"] {
+            let err = parse_success(bad).unwrap_err();
+            assert!(matches!(err, Error::EntraResponse(_)), "{err:?}");
+        }
+        let err = parse_success(br#"{"access_token":"SECRETVALUE","expires_in":"soon"}"#).unwrap_err();
+        assert!(!err.to_string().contains("SECRETVALUE"), "{err}");
+    }
+
+    #[test]
+    fn parses_entra_errors_and_their_codes() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject 'x'.\r\nTrace ID: t\r\nCorrelation ID: c\r\nTimestamp: 2026","error_codes":[700213],"correlation_id":"c-1"}"#;
+        let err = parse_error(401, body, None);
+        assert_eq!(err.aadsts(), Some(700213));
+        assert!(!err.is_retryable());
+        match &err {
+            Error::Entra { description, correlation_id, .. } => {
+                assert!(description.starts_with("AADSTS700213: No matching"));
+                assert!(!description.contains("Trace ID"));
+                assert_eq!(correlation_id.as_deref(), Some("c-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let coded_in_text = parse_error(400, br#"{"error":"invalid_request","error_description":"AADSTS70021: No matching federated identity record found."}"#, None);
+        assert_eq!(coded_in_text.aadsts(), Some(70021));
+        assert!(coded_in_text.is_retryable());
+
+        let html = parse_error(503, b"<html>down</html>", Some(Duration::from_secs(7)));
+        assert!(html.is_retryable());
+        assert_eq!(html.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(html.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(parse_error(429, b"", None).is_retryable());
+        assert!(!parse_error(400, br#"{"error":"invalid_scope","error_codes":[70011]}"#, None).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

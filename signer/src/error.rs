@@ -1,0 +1,152 @@
+use std::time::Duration;
+
+use http::StatusCode;
+use thiserror::Error;
+
+/// AADSTS codes that can succeed when tried again: a federated credential
+/// created moments ago (70021), and Entra failing to fetch the issuer's
+/// discovery document or key set (50166, 90061).
+pub const RETRYABLE_AADSTS: [u32; 3] = [70021, 50166, 90061];
+/// Issuer, audience and subject mismatches: configuration errors that no
+/// retry fixes.
+pub const CONFIGURATION_AADSTS: [u32; 3] = [700211, 700212, 700213];
+
+/// Every failure of the broker. It is `Clone` because one load is shared by
+/// every request waiting on it (single flight).
+///
+/// No variant ever holds an access token or a client assertion.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("no profile named `{0}` is configured")]
+    UnknownProfile(String),
+
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    #[error("method {0} is not supported: use GET /token/{{profile}}")]
+    MethodNotAllowed(String),
+
+    #[error(
+        "the request carries no IAM caller identity; every method of the token API must use \
+         AWS_IAM authorization"
+    )]
+    MissingIdentity,
+
+    /// Entra answered with an error document.
+    #[error("Entra refused the token request (HTTP {status}): {description}")]
+    Entra {
+        status: u16,
+        error: String,
+        description: String,
+        aadsts: Option<u32>,
+        correlation_id: Option<String>,
+        retry_after: Option<Duration>,
+    },
+
+    #[error("Entra could not be reached: {0}")]
+    EntraUnreachable(String),
+
+    #[error("Entra did not answer within {0:?}")]
+    EntraTimeout(Duration),
+
+    #[error("Entra's answer could not be read: {0}")]
+    EntraResponse(String),
+
+    #[error("KMS throttled the Sign request (the account's RSA Sign quota is shared)")]
+    KmsThrottled,
+
+    #[error("KMS refused: {code}: {message}")]
+    Kms { code: String, message: String },
+
+    #[error("KMS could not be reached: {0}")]
+    KmsUnreachable(String),
+
+    #[error("the local signing key is not usable: {0}")]
+    LocalKey(String),
+
+    #[error("token cache: {0}")]
+    Cache(String),
+
+    #[error("setting `{setting}`: {reason}")]
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
+
+    #[error(transparent)]
+    Shared(#[from] aws2azure_shared::Error),
+}
+
+impl Error {
+    /// The AADSTS code, when Entra gave one.
+    pub fn aadsts(&self) -> Option<u32> {
+        match self {
+            Self::Entra { aadsts, .. } => *aadsts,
+            _ => None,
+        }
+    }
+
+    /// Whether trying the Entra exchange again (with a fresh assertion) can
+    /// succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Entra { status, aadsts, .. } => {
+                if aadsts.is_some_and(|c| CONFIGURATION_AADSTS.contains(&c)) {
+                    return false;
+                }
+                *status == 429
+                    || *status >= 500
+                    || aadsts.is_some_and(|c| RETRYABLE_AADSTS.contains(&c))
+            }
+            Self::EntraUnreachable(_) | Self::EntraTimeout(_) => true,
+            // KMS calls are retried by the SDK client (bounded); the broker
+            // does not retry them again.
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Entra { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The API's answer to this failure: status, machine-readable code, and
+    /// whether the caller should come back later.
+    pub fn api_status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::UnknownProfile(_) => (StatusCode::NOT_FOUND, "unknown_profile"),
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::MissingIdentity => (StatusCode::FORBIDDEN, "access_denied"),
+            Self::Entra { status, aadsts, .. } => {
+                let transient = *status == 429 || *status >= 500;
+                if transient && !aadsts.is_some_and(|c| RETRYABLE_AADSTS.contains(&c)) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "entra_refused")
+                }
+            }
+            Self::EntraUnreachable(_) | Self::KmsUnreachable(_) | Self::KmsThrottled => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
+            }
+            Self::EntraTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::EntraResponse(_) => (StatusCode::BAD_GATEWAY, "bad_upstream_response"),
+            Self::Kms { .. } | Self::LocalKey(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "signer_unavailable")
+            }
+            Self::Cache(_) | Self::Config { .. } | Self::Shared(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
+        }
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The production signer: an asymmetric RSA key in AWS KMS.
+//!
+//! `Sign` uses `RSASSA_PKCS1_V1_5_SHA_256` with `MessageType=RAW` over the
+//! JWS signing input (KMS hashes it; the input stays far below the 4 KiB RAW
+//! limit, which `SigningInput` enforces). The key reference (alias or id) is
+//! resolved to a key id and its public key once, then again every few
+//! minutes, so an alias moved by rotation is picked up without a restart.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
+use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion, JwsHeader, SigningInput};
+use aws2azure_shared::jwk::Jwk;
+use tokio::sync::Mutex;
+
+use crate::Error;
+use crate::clock::Clock;
+use crate::signing::AssertionSigner;
+
+/// How long a resolved key id and public key are trusted.
+const RESOLVE_TTL_SECS: u64 = 300;
+
+#[derive(Clone)]
+struct ResolvedKey {
+    key_id: String,
+    jwk: Jwk,
+    resolved_at: u64,
+}
+
+pub struct KmsSigner {
+    client: Client,
+    key_ref: String,
+    clock: Arc<dyn Clock>,
+    resolved: Mutex<Option<ResolvedKey>>,
+}
+
+impl KmsSigner {
+    /// `key_ref`: a key id, key ARN, alias name (`alias/aws2azure-current`) or
+    /// alias ARN. Retries of throttled calls are the SDK client's (configure
+    /// them on the client, see `bootstrap`).
+    pub fn new(client: Client, key_ref: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            client,
+            key_ref: key_ref.into(),
+            clock,
+            resolved: Mutex::new(None),
+        }
+    }
+
+    /// Resolves the key now: fails fast on a wrong key at start-up and warms
+    /// the connection to KMS before the first request.
+    pub async fn resolve(&self) -> Result<Jwk, Error> {
+        Ok(self.current().await?.jwk)
+    }
+
+    async fn current(&self) -> Result<ResolvedKey, Error> {
+        let now = self.clock.now_unix();
+        let mut slot = self.resolved.lock().await;
+        if let Some(key) = slot.as_ref()
+            && now.saturating_sub(key.resolved_at) < RESOLVE_TTL_SECS
+        {
+            return Ok(key.clone());
+        }
+        match self.fetch(now).await {
+            Ok(key) => {
+                *slot = Some(key.clone());
+                Ok(key)
+            }
+            // A failed re-resolution keeps the key we had: signing with the
+            // known key beats failing every request while KMS hiccups.
+            Err(err) => match slot.as_ref() {
+                Some(key) => {
+                    tracing::warn!(error = %err, "re-resolving the KMS key failed; keeping the current one");
+                    Ok(key.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    async fn fetch(&self, now: u64) -> Result<ResolvedKey, Error> {
+        let described = self
+            .client
+            .describe_key()
+            .key_id(&self.key_ref)
+            .send()
+            .await
+            .map_err(map_sdk_error)?;
+        let meta = described
+            .key_metadata()
+            .ok_or_else(|| Error::Kms {
+                code: "NoKeyMetadata".into(),
+                message: format!("DescribeKey returned no metadata for {}", self.key_ref),
+            })?;
+        if !meta.enabled() {
+            return Err(Error::Kms {
+                code: "DisabledKey".into(),
+                message: format!(
+                    "key {} is not enabled (state {:?}); enable it or point the alias at an \
+                     enabled key",
+                    meta.key_id(),
+                    meta.key_state()
+                ),
+            });
+        }
+        let key_id = meta.arn().unwrap_or(meta.key_id()).to_string();
+        let public = self
+            .client
+            .get_public_key()
+            .key_id(&key_id)
+            .send()
+            .await
+            .map_err(map_sdk_error)?;
+        let der = public.public_key().ok_or_else(|| Error::Kms {
+            code: "NoPublicKey".into(),
+            message: format!("GetPublicKey returned no key for {key_id}"),
+        })?;
+        let jwk = Jwk::from_spki_der(der.as_ref())?;
+        Ok(ResolvedKey {
+            key_id,
+            jwk,
+            resolved_at: now,
+        })
+    }
+}
+
+#[async_trait]
+impl AssertionSigner for KmsSigner {
+    async fn public_key(&self) -> Result<Jwk, Error> {
+        Ok(self.current().await?.jwk)
+    }
+
+    async fn sign_assertion(&self, claims: &AssertionClaims) -> Result<ClientAssertion, Error> {
+        let key = self.current().await?;
+        let input = SigningInput::new(&JwsHeader::rs256(key.jwk.kid().clone()), claims)?;
+        let signed = self
+            .client
+            .sign()
+            .key_id(&key.key_id)
+            .message(Blob::new(input.as_bytes()))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::RsassaPkcs1V15Sha256)
+            .send()
+            .await
+            .map_err(map_sdk_error)?;
+        let signature = signed.signature().ok_or_else(|| Error::Kms {
+            code: "NoSignature".into(),
+            message: "Sign returned no signature".into(),
+        })?;
+        Ok(input.into_assertion(signature.as_ref()))
+    }
+}
+
+fn map_sdk_error<E, R>(err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown").to_string();
+            let message = e.message().unwrap_or_default().to_string();
+            match code.as_str() {
+                "ThrottlingException" | "LimitExceededException" => Error::KmsThrottled,
+                "KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" => {
+                    Error::KmsUnreachable(format!("{code}: {message}"))
+                }
+                _ => Error::Kms { code, message },
+            }
+        }
+        SdkError::TimeoutError(_) => Error::KmsUnreachable("timed out".into()),
+        SdkError::DispatchFailure(d) => Error::KmsUnreachable(format!("dispatch failed: {d:?}")),
+        other => Error::KmsUnreachable(format!("{other}")),
+    }
+}

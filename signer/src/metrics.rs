@@ -1,0 +1,106 @@
+//! CloudWatch metrics in the Embedded Metric Format: one JSON line on
+//! standard output per request, which CloudWatch Logs turns into metrics
+//! without any API call from the function. Written by hand: the format is
+//! one small JSON document, and the crates that wrap it pull in a metrics
+//! framework for no gain here.
+
+use serde_json::json;
+
+use crate::api::AuditRecord;
+
+pub const NAMESPACE: &str = "aws2azure";
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The EMF document for one request: cache hits and misses and Entra
+/// latency by profile; errors by profile and code (the AADSTS code when
+/// Entra gave one, else the API error code).
+pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
+    let hit = audit.cache.is_some_and(|c| matches!(c, "hit" | "shared-hit" | "stale" | "peer"));
+    let miss = audit.cache.is_some() && !hit;
+    let error_code = match (audit.aadsts, audit.error) {
+        (Some(code), _) => Some(format!("AADSTS{code}")),
+        (None, Some(code)) => Some(code.to_string()),
+        (None, None) => None,
+    };
+    let mut metrics = vec![
+        json!({"Name": "CacheHit", "Unit": "Count"}),
+        json!({"Name": "CacheMiss", "Unit": "Count"}),
+        json!({"Name": "Error", "Unit": "Count"}),
+    ];
+    if audit.entra_calls > 0 {
+        metrics.push(json!({"Name": "EntraLatency", "Unit": "Milliseconds"}));
+        metrics.push(json!({"Name": "EntraCalls", "Unit": "Count"}));
+    }
+    let mut dimensions = vec![json!(["Profile"])];
+    if error_code.is_some() {
+        dimensions.push(json!(["Profile", "ErrorCode"]));
+    }
+    let mut doc = json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": dimensions,
+                "Metrics": metrics,
+            }]
+        },
+        "Profile": audit.profile,
+        "CacheHit": u8::from(hit),
+        "CacheMiss": u8::from(miss),
+        "Error": u8::from(error_code.is_some()),
+        "Status": audit.status,
+    });
+    if audit.entra_calls > 0 {
+        doc["EntraLatency"] = json!(audit.entra_ms);
+        doc["EntraCalls"] = json!(audit.entra_calls);
+    }
+    if let Some(code) = error_code {
+        doc["ErrorCode"] = json!(code);
+    }
+    doc.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_and_error_documents() {
+        let hit = AuditRecord {
+            profile: "graph".into(),
+            status: 200,
+            cache: Some("hit"),
+            ..AuditRecord::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&emf_line(&hit, 42)).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 42);
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "aws2azure");
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Profile"]]));
+        assert_eq!((v["CacheHit"].as_u64(), v["CacheMiss"].as_u64()), (Some(1), Some(0)));
+        assert!(v.get("EntraLatency").is_none());
+
+        let refused = AuditRecord {
+            profile: "graph".into(),
+            status: 502,
+            error: Some("entra_refused"),
+            aadsts: Some(700213),
+            entra_calls: 1,
+            entra_ms: 87,
+            ..AuditRecord::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&emf_line(&refused, 1)).unwrap();
+        assert_eq!(v["ErrorCode"], "AADSTS700213");
+        assert_eq!(v["EntraLatency"], 87);
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1], json!(["Profile", "ErrorCode"]));
+        // Every metric named in the directive has a value in the document.
+        for m in v["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+            assert!(v.get(m["Name"].as_str().unwrap()).is_some(), "{m}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Wiring for the Lambda: SDK clients and adapters built once, from the
+//! validated configuration, with connections opened during init.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::Error;
+use crate::broker::Broker;
+use crate::cache::SharedCache;
+use crate::clock::{Clock, SystemClock};
+use crate::dynamodb::DynamoDbCache;
+use crate::entra::EntraClient;
+use crate::kms::KmsSigner;
+use crate::settings::{KeySource, SignerConfig};
+use crate::signing::{AssertionSigner, LocalKeySigner};
+
+/// Loads the AWS configuration (region, credentials, `AWS_ENDPOINT_URL_*`
+/// overrides) from the environment.
+pub async fn aws_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Builds the broker. With `warm`, resolves the KMS key, checks the cache
+/// table and opens a connection to Entra now, so the first caller does not
+/// pay for TLS handshakes (and a wrong key or table fails init, loudly).
+pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Broker, Error> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let started = Instant::now();
+
+    let signer: Arc<dyn AssertionSigner> = match &config.key {
+        KeySource::Kms(key_ref) => {
+            // KMS throttling (ThrottlingException) is retried here, bounded:
+            // 3 attempts with the SDK's jittered backoff.
+            let kms_config = aws_sdk_kms::config::Builder::from(aws)
+                .retry_config(RetryConfig::standard().with_max_attempts(3))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(2))
+                        .operation_attempt_timeout(Duration::from_secs(3))
+                        .operation_timeout(Duration::from_secs(8))
+                        .build(),
+                )
+                .build();
+            let signer = KmsSigner::new(aws_sdk_kms::Client::from_conf(kms_config), key_ref, clock.clone());
+            let jwk = signer.resolve().await?;
+            tracing::info!(kid = %jwk.kid(), key = %key_ref, "KMS signing key resolved");
+            Arc::new(signer)
+        }
+        KeySource::PemFile(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                Error::config(crate::settings::SIGNING_KEY_FILE, format!("cannot read `{path}`: {e}"))
+            })?;
+            let signer = LocalKeySigner::from_pem(&pem)?;
+            tracing::info!(kid = %signer.jwk().kid(), "local signing key loaded");
+            Arc::new(signer)
+        }
+    };
+
+    let shared: Option<Arc<dyn SharedCache>> = match &config.cache_table {
+        None => None,
+        Some(table) => {
+            // The shared tier is an optimisation: fail fast and fall back to
+            // the in-process tier rather than hold a caller for long.
+            let ddb_config = aws_sdk_dynamodb::config::Builder::from(aws)
+                .retry_config(RetryConfig::standard().with_max_attempts(2))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_millis(500))
+                        .operation_attempt_timeout(Duration::from_millis(800))
+                        .operation_timeout(Duration::from_secs(2))
+                        .build(),
+                )
+                .build();
+            let cache = DynamoDbCache::new(aws_sdk_dynamodb::Client::from_conf(ddb_config), table);
+            cache.check().await?;
+            Some(Arc::new(cache))
+        }
+    };
+
+    let entra = EntraClient::new(config.entra_attempt_timeout)?;
+    if config.warm_entra {
+        let mut authorities: Vec<&str> = config.profiles.iter().map(|p| p.authority.as_str()).collect();
+        authorities.dedup();
+        for authority in authorities {
+            entra.warm(authority).await;
+        }
+    }
+    tracing::info!(
+        profiles = config.profiles.len(),
+        shared_cache = config.cache_table.as_deref(),
+        init_ms = started.elapsed().as_millis() as u64,
+        "broker ready"
+    );
+    Ok(Broker::new(
+        config.profiles.clone(),
+        config.broker.clone(),
+        signer,
+        Arc::new(entra),
+        shared,
+        clock,
+    ))
+}
