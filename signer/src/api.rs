@@ -134,7 +134,10 @@ impl AuditRecord {
 pub async fn serve(broker: &Broker, req: Request) -> Response<Body> {
     let (response, audit) = handle(broker, &req).await;
     audit.emit();
-    println!("{}", crate::metrics::emf_line(&audit, crate::metrics::now_millis()));
+    println!(
+        "{}",
+        crate::metrics::emf_line(&audit, crate::metrics::now_millis())
+    );
     response
 }
 
@@ -187,13 +190,13 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
     if req.method() != Method::GET {
         return Err(Error::MethodNotAllowed(req.method().to_string()));
     }
-    let raw_profile = raw_profile.ok_or_else(|| {
-        Error::InvalidRequest("the path must be /token/{profile}".into())
-    })?;
+    let raw_profile = raw_profile
+        .ok_or_else(|| Error::InvalidRequest("the path must be /token/{profile}".into()))?;
     // A valid profile name has no character that needs percent-encoding, so
     // whether API Gateway decoded the segment or not, anything encoded,
     // hostile or oversized fails here, before any lookup.
-    let name = ProfileName::parse(&raw_profile).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let name =
+        ProfileName::parse(&raw_profile).map_err(|e| Error::InvalidRequest(e.to_string()))?;
     let min_validity = min_validity(req)?;
     let profile = name.as_str();
     if broker.profiles().get(profile).is_none() {
@@ -289,7 +292,10 @@ fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body
         body["correlation_id"] = json!(id);
     }
     let mut response = json_response(status, &body);
-    if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) {
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    ) {
         let wait = err.retry_after().unwrap_or(match err {
             Error::KmsThrottled => Duration::from_secs(1),
             _ => Duration::from_secs(5),
@@ -333,7 +339,10 @@ mod tests {
         );
         assert_eq!(
             principal_of("arn:aws-us-gov:sts::111122223333:assumed-role/r/botocore-session-1"),
-            ("arn:aws-us-gov:iam::111122223333:role/r".to_string(), Some("botocore-session-1".to_string()))
+            (
+                "arn:aws-us-gov:iam::111122223333:role/r".to_string(),
+                Some("botocore-session-1".to_string())
+            )
         );
         assert_eq!(
             principal_of("arn:aws:iam::111122223333:user/alice"),

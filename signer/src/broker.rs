@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use aws2azure_shared::assertion::AssertionBuilder;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::profile::{Profile, Profiles};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use crate::Error;
 use crate::cache::{CacheKey, MemoryCache, SharedCache};
@@ -107,7 +107,10 @@ impl CacheOutcome {
 
     /// Whether the token was served without asking Entra in this request.
     pub fn is_hit(self) -> bool {
-        matches!(self, Self::Hit | Self::SharedHit | Self::Stale | Self::PeerFetched)
+        matches!(
+            self,
+            Self::Hit | Self::SharedHit | Self::Stale | Self::PeerFetched
+        )
     }
 }
 
@@ -249,7 +252,12 @@ impl Broker {
     }
 
     /// Single flight: one load per cache key at a time in this process.
-    async fn load(&self, profile: &Profile, key: &CacheKey, min_validity: u64) -> Result<Issued, Error> {
+    async fn load(
+        &self,
+        profile: &Profile,
+        key: &CacheKey,
+        min_validity: u64,
+    ) -> Result<Issued, Error> {
         // A joined flight may have been started with a laxer `min_validity`
         // and served from a cache tier; then one more round is needed.
         for _round in 0..2 {
@@ -270,7 +278,9 @@ impl Broker {
         }
         // Two rounds of joined flights that could not satisfy the caller:
         // load alone (no coalescing) as a last resort.
-        self.inner.load_uncoalesced(profile, key, min_validity).await
+        self.inner
+            .load_uncoalesced(profile, key, min_validity)
+            .await
     }
 
     fn flight(&self, profile: &Profile, key: &CacheKey, min_validity: u64) -> (Flight, bool) {
@@ -281,7 +291,9 @@ impl Broker {
         let inner = self.inner.clone();
         let (profile, owned_key) = (profile.clone(), key.clone());
         let flight = async move {
-            let result = inner.load_uncoalesced(&profile, &owned_key, min_validity).await;
+            let result = inner
+                .load_uncoalesced(&profile, &owned_key, min_validity)
+                .await;
             // Leave the map before anyone can observe the result, so that a
             // later miss starts a new load instead of reusing this one.
             inner
@@ -323,7 +335,10 @@ impl Inner {
         let mut still_valid: Option<CachedToken> = None;
         let mut leased = false;
         if let Some(shared) = &self.shared {
-            match self.read_shared(shared.as_ref(), key, now, min_validity, &mut upstream).await {
+            match self
+                .read_shared(shared.as_ref(), key, now, min_validity, &mut upstream)
+                .await
+            {
                 SharedState::Fresh(t) => {
                     self.memory.put(key, t.clone());
                     return Ok(served(t, CacheOutcome::SharedHit, upstream));
@@ -340,7 +355,10 @@ impl Inner {
                             // A peer is refreshing; the old token serves.
                             return Ok(served(t, CacheOutcome::Stale, upstream));
                         }
-                        if let Some(t) = self.await_peer(shared.as_ref(), key, min_validity, &mut upstream).await {
+                        if let Some(t) = self
+                            .await_peer(shared.as_ref(), key, min_validity, &mut upstream)
+                            .await
+                        {
                             self.memory.put(key, t.clone());
                             return Ok(served(t, CacheOutcome::PeerFetched, upstream));
                         }
@@ -416,7 +434,10 @@ impl Inner {
         while Instant::now() < deadline {
             tokio::time::sleep(self.settings.peer_poll).await;
             let now = self.clock.now_unix();
-            match self.read_shared(shared, key, now, min_validity, upstream).await {
+            match self
+                .read_shared(shared, key, now, min_validity, upstream)
+                .await
+            {
                 SharedState::Fresh(t) => return Some(t),
                 SharedState::Degraded => return None,
                 SharedState::RefreshDue(_) | SharedState::Missing => {}
@@ -433,7 +454,11 @@ impl Inner {
     }
 
     /// Signs a fresh assertion and exchanges it, retrying what can succeed.
-    async fn fetch(&self, profile: &Profile, upstream: &mut Upstream) -> Result<CachedToken, Error> {
+    async fn fetch(
+        &self,
+        profile: &Profile,
+        upstream: &mut Upstream,
+    ) -> Result<CachedToken, Error> {
         let settings = &self.settings;
         let started = Instant::now();
         let deadline = started + settings.exchange_deadline;
@@ -461,10 +486,11 @@ impl Inner {
                 assertion: &assertion,
             };
             let calling = Instant::now();
-            let result = match tokio::time::timeout(remaining, self.exchange.exchange(&request)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::EntraTimeout(settings.exchange_deadline)),
-            };
+            let result =
+                match tokio::time::timeout(remaining, self.exchange.exchange(&request)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::EntraTimeout(settings.exchange_deadline)),
+                };
             upstream.entra_calls += 1;
             upstream.entra_ms += calling.elapsed().as_millis() as u64;
             let err = match result {
@@ -525,4 +551,334 @@ enum SharedState {
     RefreshDue(CachedToken),
     Missing,
     Degraded,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The broker's rules with in-memory fakes of its collaborators (this
+    //! module only; the adapters are tested against moto and the devstack's
+    //! Entra-compatible endpoint in the `tests` crate).
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion};
+    use aws2azure_shared::jwk::Jwk;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::token::AccessToken;
+
+    const T0: u64 = 1_800_000_000;
+
+    struct FakeSigner {
+        calls: AtomicU32,
+        inner: crate::signing::LocalKeySigner,
+    }
+
+    #[async_trait]
+    impl AssertionSigner for FakeSigner {
+        async fn public_key(&self) -> Result<Jwk, Error> {
+            self.inner.public_key().await
+        }
+        async fn sign_assertion(&self, claims: &AssertionClaims) -> Result<ClientAssertion, Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.sign_assertion(claims).await
+        }
+    }
+
+    /// Answers from a script, then succeeds; counts calls.
+    struct FakeEntra {
+        calls: AtomicU32,
+        script: Mutex<VecDeque<Error>>,
+        lifetime: u64,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl TokenExchange for FakeEntra {
+        async fn exchange(&self, _req: &ExchangeRequest<'_>) -> Result<IssuedToken, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if let Some(err) = self.script.lock().unwrap().pop_front() {
+                return Err(err);
+            }
+            Ok(IssuedToken {
+                access_token: AccessToken::new(format!("token-{n}")),
+                token_type: "Bearer".into(),
+                expires_in: self.lifetime,
+                refresh_in: None,
+            })
+        }
+    }
+
+    struct Rig {
+        broker: Broker,
+        clock: ManualClock,
+        signer: Arc<FakeSigner>,
+        entra: Arc<FakeEntra>,
+    }
+
+    fn rig(script: Vec<Error>, delay: Duration) -> Rig {
+        let profiles = Profiles::from_json(
+            r#"{"graph": {"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                "client_id": "00000000-1111-2222-3333-444444444444",
+                "scope": "https://graph.microsoft.com/.default", "subject": "aws2azure:graph"}}"#,
+        )
+        .unwrap();
+        let clock = ManualClock::at(T0);
+        let signer = Arc::new(FakeSigner {
+            calls: AtomicU32::new(0),
+            inner: crate::signing::LocalKeySigner::generate().unwrap(),
+        });
+        let entra = Arc::new(FakeEntra {
+            calls: AtomicU32::new(0),
+            script: Mutex::new(script.into()),
+            lifetime: 3599,
+            delay,
+        });
+        let mut settings =
+            BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
+        settings.backoff_base = Duration::from_millis(5);
+        settings.backoff_max = Duration::from_millis(20);
+        settings.exchange_deadline = Duration::from_secs(2);
+        let broker = Broker::new(
+            profiles,
+            settings,
+            signer.clone(),
+            entra.clone(),
+            None,
+            Arc::new(clock.clone()),
+        );
+        Rig {
+            broker,
+            clock,
+            signer,
+            entra,
+        }
+    }
+
+    fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Error {
+        Error::Entra {
+            status,
+            error: "x".into(),
+            description: "d".into(),
+            aadsts,
+            correlation_id: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    impl Rig {
+        fn entra_calls(&self) -> u32 {
+            self.entra.calls.load(Ordering::SeqCst)
+        }
+        fn sign_calls(&self) -> u32 {
+            self.signer.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn hits_never_call_kms_or_entra() {
+        let r = rig(vec![], Duration::ZERO);
+        let first = r.broker.token("graph", 0).await.unwrap();
+        assert_eq!(first.outcome, CacheOutcome::Miss);
+        for _ in 0..100 {
+            let again = r.broker.token("graph", 0).await.unwrap();
+            assert_eq!(again.outcome, CacheOutcome::Hit);
+            assert_eq!(again.token, first.token);
+        }
+        assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
+        assert!(matches!(
+            r.broker.token("nope", 0).await,
+            Err(Error::UnknownProfile(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_with_a_jittered_margin() {
+        let r = rig(vec![], Duration::ZERO);
+        let first = r.broker.token("graph", 0).await.unwrap();
+        let refresh_on = first.token.refresh_on;
+        // Margin 300 s, jitter at most a fifth of it.
+        assert!(
+            (T0 + 3599 - 360..=T0 + 3599 - 300).contains(&refresh_on),
+            "{refresh_on}"
+        );
+        r.clock.set(refresh_on - 1);
+        assert_eq!(
+            r.broker.token("graph", 0).await.unwrap().outcome,
+            CacheOutcome::Hit
+        );
+        r.clock.set(refresh_on);
+        let refreshed = r.broker.token("graph", 0).await.unwrap();
+        assert_eq!(refreshed.outcome, CacheOutcome::Refreshed);
+        assert_ne!(refreshed.token, first.token);
+        assert_eq!(r.entra_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_serves_the_still_valid_token() {
+        let r = rig(vec![], Duration::ZERO);
+        let first = r.broker.token("graph", 0).await.unwrap();
+        r.entra
+            .script
+            .lock()
+            .unwrap()
+            .push_back(entra_error(400, Some(700213), None));
+        r.clock.set(first.token.refresh_on + 10);
+        let served = r.broker.token("graph", 0).await.unwrap();
+        assert_eq!(served.outcome, CacheOutcome::Stale);
+        assert_eq!(served.token, first.token);
+        assert_eq!(
+            served.absorbed_error.as_ref().and_then(Error::aadsts),
+            Some(700213)
+        );
+        // Once the old token no longer satisfies the caller, the error shows.
+        r.entra
+            .script
+            .lock()
+            .unwrap()
+            .push_back(entra_error(400, Some(700213), None));
+        let err = r
+            .broker
+            .token("graph", first.token.remaining(r.clock.now_unix()) + 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.aadsts(), Some(700213));
+    }
+
+    #[tokio::test]
+    async fn min_validity_forces_a_fresh_token() {
+        let r = rig(vec![], Duration::ZERO);
+        r.broker.token("graph", 0).await.unwrap();
+        r.clock.advance(3000); // 599 s left, refresh due
+        let issued = r.broker.token("graph", 1000).await.unwrap();
+        assert_eq!(
+            issued.outcome,
+            CacheOutcome::Miss,
+            "the cached token cannot serve 1000 s"
+        );
+        assert!(issued.token.remaining(r.clock.now_unix()) >= 1000);
+        assert!(matches!(
+            r.broker.token("graph", MAX_MIN_VALIDITY_SECS + 1).await,
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_sign_and_one_exchange() {
+        let r = rig(vec![], Duration::from_millis(50));
+        let calls: Vec<_> = (0..1000).map(|_| r.broker.token("graph", 0)).collect();
+        let results = futures_util::future::join_all(calls).await;
+        let tokens: std::collections::HashSet<String> = results
+            .iter()
+            .map(|r| r.as_ref().unwrap().token.access_token.expose().to_string())
+            .collect();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
+        let coalesced = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().outcome == CacheOutcome::Coalesced)
+            .count();
+        assert_eq!(coalesced, 999);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flight_fails_every_waiter_once() {
+        let r = rig(
+            vec![entra_error(401, Some(700213), None)],
+            Duration::from_millis(20),
+        );
+        let results =
+            futures_util::future::join_all((0..50).map(|_| r.broker.token("graph", 0))).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().unwrap_err().aadsts() == Some(700213))
+        );
+        assert_eq!(r.entra_calls(), 1, "one failed exchange, shared; not 50");
+        // The failure is not cached: the next request tries again.
+        assert_eq!(
+            r.broker.token("graph", 0).await.unwrap().outcome,
+            CacheOutcome::Miss
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_what_can_succeed_with_a_fresh_assertion_each_time() {
+        let r = rig(
+            vec![
+                entra_error(429, None, Some(0)),
+                entra_error(503, None, None),
+                entra_error(400, Some(70021), None),
+            ],
+            Duration::ZERO,
+        );
+        let issued = r.broker.token("graph", 0).await.unwrap();
+        assert_eq!(issued.upstream.entra_calls, 4);
+        assert_eq!((r.sign_calls(), r.entra_calls()), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn never_retries_configuration_errors() {
+        for code in crate::CONFIGURATION_AADSTS {
+            let r = rig(vec![entra_error(401, Some(code), None)], Duration::ZERO);
+            let err = r.broker.token("graph", 0).await.unwrap_err();
+            assert_eq!(err.aadsts(), Some(code));
+            assert_eq!(err.api_status().0, http::StatusCode::BAD_GATEWAY);
+            assert_eq!(r.entra_calls(), 1, "AADSTS{code} must not be retried");
+        }
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts_or_when_retry_after_exceeds_the_deadline() {
+        let r = rig(
+            (0..10).map(|_| entra_error(503, None, None)).collect(),
+            Duration::ZERO,
+        );
+        let err = r.broker.token("graph", 0).await.unwrap_err();
+        assert_eq!(err.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.entra_calls(), 4);
+
+        let r = rig(vec![entra_error(429, None, Some(60))], Duration::ZERO);
+        let started = Instant::now();
+        let err = r.broker.token("graph", 0).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "does not sleep past the deadline"
+        );
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(60)),
+            "passed on to the caller"
+        );
+        assert_eq!(r.entra_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn short_lived_tokens_refresh_at_half_life() {
+        let r = rig(vec![], Duration::ZERO);
+        let entra = Arc::new(FakeEntra {
+            calls: AtomicU32::new(0),
+            script: Mutex::new(VecDeque::new()),
+            lifetime: 400,
+            delay: Duration::ZERO,
+        });
+        let broker = Broker::new(
+            r.broker.profiles().clone(),
+            r.broker.settings().clone(),
+            r.signer.clone(),
+            entra,
+            None,
+            Arc::new(r.clock.clone()),
+        );
+        let t = broker.token("graph", 0).await.unwrap().token;
+        assert!(
+            t.refresh_on > T0 + 150 && t.refresh_on <= T0 + 200,
+            "{}",
+            t.refresh_on
+        );
+    }
 }

@@ -71,7 +71,13 @@ pub trait SharedCache: Send + Sync + 'static {
 
     /// Takes the refresh lease for `key` until `until` (Unix seconds) if no
     /// one else holds an unexpired one. `true` when taken.
-    async fn try_lease(&self, key: &CacheKey, holder: &str, now: u64, until: u64) -> Result<bool, Error>;
+    async fn try_lease(
+        &self,
+        key: &CacheKey,
+        holder: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, Error>;
 
     /// Gives the lease back early (only if `holder` still holds it).
     async fn release_lease(&self, key: &CacheKey, holder: &str) -> Result<(), Error>;

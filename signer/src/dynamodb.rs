@@ -61,10 +61,7 @@ impl DynamoDbCache {
                         self.table
                     ))
                 } else {
-                    Error::Cache(format!(
-                        "{code}: {}",
-                        s.err().message().unwrap_or_default()
-                    ))
+                    Error::Cache(format!("{code}: {}", s.err().message().unwrap_or_default()))
                 }
             }
             SdkError::TimeoutError(_) => Error::Cache("DynamoDB timed out".into()),
@@ -114,7 +111,9 @@ impl SharedCache for DynamoDbCache {
             .send()
             .await
             .map_err(|e| self.map_error(e))?;
-        let Some(item) = out.item() else { return Ok(None) };
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
         let (Some(token), Some(expires_on), Some(refresh_on)) = (
             get_s(item, "access_token"),
             get_n(item, "expires_on"),
@@ -159,7 +158,13 @@ impl SharedCache for DynamoDbCache {
         }
     }
 
-    async fn try_lease(&self, key: &CacheKey, holder: &str, now: u64, until: u64) -> Result<bool, Error> {
+    async fn try_lease(
+        &self,
+        key: &CacheKey,
+        holder: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, Error> {
         let result = self
             .client
             .put_item()

@@ -67,8 +67,14 @@ impl EntraClient {
     pub async fn warm(&self, authority: &str) {
         let started = std::time::Instant::now();
         match self.http.head(authority).send().await {
-            Ok(_) => tracing::debug!(authority, elapsed_ms = started.elapsed().as_millis() as u64, "connection to Entra warmed"),
-            Err(e) => tracing::warn!(authority, error = %e, "could not warm the connection to Entra"),
+            Ok(_) => tracing::debug!(
+                authority,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "connection to Entra warmed"
+            ),
+            Err(e) => {
+                tracing::warn!(authority, error = %e, "could not warm the connection to Entra")
+            }
         }
     }
 }
@@ -97,7 +103,10 @@ impl TokenExchange for EntraClient {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         if (200..300).contains(&status) {
             parse_success(&body)
         } else {
@@ -173,7 +182,12 @@ pub fn parse_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> E
         .or_else(|| aadsts_in(&parsed.error_description));
     // Entra appends trace and correlation ids and a timestamp on further
     // lines; the first line is the message.
-    let first_line = parsed.error_description.lines().next().unwrap_or_default().trim();
+    let first_line = parsed
+        .error_description
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim();
     let description = if first_line.is_empty() {
         format!("HTTP {status} without an Entra error document")
     } else {
@@ -181,7 +195,11 @@ pub fn parse_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> E
     };
     Error::Entra {
         status,
-        error: if parsed.error.is_empty() { "http_error".into() } else { truncate(&parsed.error, 64) },
+        error: if parsed.error.is_empty() {
+            "http_error".into()
+        } else {
+            truncate(&parsed.error, 64)
+        },
         description,
         aadsts,
         correlation_id: parsed.correlation_id.map(|c| truncate(&c, 64)),
@@ -191,7 +209,10 @@ pub fn parse_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> E
 
 fn aadsts_in(text: &str) -> Option<u32> {
     let at = text.find("AADSTS")? + "AADSTS".len();
-    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -245,11 +266,16 @@ mod tests {
         assert_eq!(t.refresh_in, None);
         let t = parse_success(br#"{"token_type":"Bearer","expires_in":"3599","refresh_in":"1799","access_token":"x"}"#).unwrap();
         assert_eq!((t.expires_in, t.refresh_in), (3599, Some(1799)));
-        for bad in [&br#"{"expires_in":1}"#[..], br#"{"access_token":"","expires_in":1}"#, b"<html>"] {
+        for bad in [
+            &br#"{"expires_in":1}"#[..],
+            br#"{"access_token":"","expires_in":1}"#,
+            b"<html>",
+        ] {
             let err = parse_success(bad).unwrap_err();
             assert!(matches!(err, Error::EntraResponse(_)), "{err:?}");
         }
-        let err = parse_success(br#"{"access_token":"SECRETVALUE","expires_in":"soon"}"#).unwrap_err();
+        let err =
+            parse_success(br#"{"access_token":"SECRETVALUE","expires_in":"soon"}"#).unwrap_err();
         assert!(!err.to_string().contains("SECRETVALUE"), "{err}");
     }
 
@@ -260,7 +286,11 @@ mod tests {
         assert_eq!(err.aadsts(), Some(700213));
         assert!(!err.is_retryable());
         match &err {
-            Error::Entra { description, correlation_id, .. } => {
+            Error::Entra {
+                description,
+                correlation_id,
+                ..
+            } => {
                 assert!(description.starts_with("AADSTS700213: No matching"));
                 assert!(!description.contains("Trace ID"));
                 assert_eq!(correlation_id.as_deref(), Some("c-1"));
@@ -276,14 +306,24 @@ mod tests {
         assert_eq!(html.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(html.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
         assert!(parse_error(429, b"", None).is_retryable());
-        assert!(!parse_error(400, br#"{"error":"invalid_scope","error_codes":[70011]}"#, None).is_retryable());
+        assert!(
+            !parse_error(
+                400,
+                br#"{"error":"invalid_scope","error_codes":[70011]}"#,
+                None
+            )
+            .is_retryable()
+        );
     }
 
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -90,12 +90,10 @@ impl KmsSigner {
             .send()
             .await
             .map_err(map_sdk_error)?;
-        let meta = described
-            .key_metadata()
-            .ok_or_else(|| Error::Kms {
-                code: "NoKeyMetadata".into(),
-                message: format!("DescribeKey returned no metadata for {}", self.key_ref),
-            })?;
+        let meta = described.key_metadata().ok_or_else(|| Error::Kms {
+            code: "NoKeyMetadata".into(),
+            message: format!("DescribeKey returned no metadata for {}", self.key_ref),
+        })?;
         if !meta.enabled() {
             return Err(Error::Kms {
                 code: "DisabledKey".into(),
@@ -167,9 +165,9 @@ where
             let message = e.message().unwrap_or_default().to_string();
             match code.as_str() {
                 "ThrottlingException" | "LimitExceededException" => Error::KmsThrottled,
-                "KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" => {
-                    Error::KmsUnreachable(format!("{code}: {message}"))
-                }
+                "KMSInternalException"
+                | "DependencyTimeoutException"
+                | "KeyUnavailableException" => Error::KmsUnreachable(format!("{code}: {message}")),
                 _ => Error::Kms { code, message },
             }
         }

@@ -21,7 +21,9 @@ pub fn now_millis() -> u64 {
 /// latency by profile; errors by profile and code (the AADSTS code when
 /// Entra gave one, else the API error code).
 pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
-    let hit = audit.cache.is_some_and(|c| matches!(c, "hit" | "shared-hit" | "stale" | "peer"));
+    let hit = audit
+        .cache
+        .is_some_and(|c| matches!(c, "hit" | "shared-hit" | "stale" | "peer"));
     let miss = audit.cache.is_some() && !hit;
     let error_code = match (audit.aadsts, audit.error) {
         (Some(code), _) => Some(format!("AADSTS{code}")),
@@ -81,8 +83,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&emf_line(&hit, 42)).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 42);
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "aws2azure");
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Profile"]]));
-        assert_eq!((v["CacheHit"].as_u64(), v["CacheMiss"].as_u64()), (Some(1), Some(0)));
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Profile"]])
+        );
+        assert_eq!(
+            (v["CacheHit"].as_u64(), v["CacheMiss"].as_u64()),
+            (Some(1), Some(0))
+        );
         assert!(v.get("EntraLatency").is_none());
 
         let refused = AuditRecord {
@@ -97,9 +105,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&emf_line(&refused, 1)).unwrap();
         assert_eq!(v["ErrorCode"], "AADSTS700213");
         assert_eq!(v["EntraLatency"], 87);
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1], json!(["Profile", "ErrorCode"]));
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1],
+            json!(["Profile", "ErrorCode"])
+        );
         // Every metric named in the directive has a value in the document.
-        for m in v["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+        for m in v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+        {
             assert!(v.get(m["Name"].as_str().unwrap()).is_some(), "{m}");
         }
     }

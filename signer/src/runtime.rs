@@ -45,14 +45,21 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
                         .build(),
                 )
                 .build();
-            let signer = KmsSigner::new(aws_sdk_kms::Client::from_conf(kms_config), key_ref, clock.clone());
+            let signer = KmsSigner::new(
+                aws_sdk_kms::Client::from_conf(kms_config),
+                key_ref,
+                clock.clone(),
+            );
             let jwk = signer.resolve().await?;
             tracing::info!(kid = %jwk.kid(), key = %key_ref, "KMS signing key resolved");
             Arc::new(signer)
         }
         KeySource::PemFile(path) => {
             let pem = std::fs::read_to_string(path).map_err(|e| {
-                Error::config(crate::settings::SIGNING_KEY_FILE, format!("cannot read `{path}`: {e}"))
+                Error::config(
+                    crate::settings::SIGNING_KEY_FILE,
+                    format!("cannot read `{path}`: {e}"),
+                )
             })?;
             let signer = LocalKeySigner::from_pem(&pem)?;
             tracing::info!(kid = %signer.jwk().kid(), "local signing key loaded");
@@ -83,7 +90,11 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
 
     let entra = EntraClient::new(config.entra_attempt_timeout)?;
     if config.warm_entra {
-        let mut authorities: Vec<&str> = config.profiles.iter().map(|p| p.authority.as_str()).collect();
+        let mut authorities: Vec<&str> = config
+            .profiles
+            .iter()
+            .map(|p| p.authority.as_str())
+            .collect();
         authorities.dedup();
         for authority in authorities {
             entra.warm(authority).await;

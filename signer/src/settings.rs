@@ -52,7 +52,11 @@ impl SignerConfig {
     /// Reads settings through `lookup` (the environment in production, a map
     /// in tests); files named by settings are read from disk.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
 
         let issuer = get(ISSUER).ok_or_else(|| {
             Error::config(
@@ -65,9 +69,8 @@ impl SignerConfig {
 
         let profiles_json = match (get(PROFILES), get(PROFILES_FILE)) {
             (Some(json), None) => json,
-            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
-                Error::config(PROFILES_FILE, format!("cannot read `{path}`: {e}"))
-            })?,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| Error::config(PROFILES_FILE, format!("cannot read `{path}`: {e}")))?,
             (Some(_), Some(_)) => {
                 return Err(Error::config(
                     PROFILES,
@@ -86,8 +89,8 @@ impl SignerConfig {
                 ));
             }
         };
-        let profiles =
-            Profiles::from_json(&profiles_json).map_err(|e| Error::config(PROFILES, e.to_string()))?;
+        let profiles = Profiles::from_json(&profiles_json)
+            .map_err(|e| Error::config(PROFILES, e.to_string()))?;
 
         let key = match (get(KMS_KEY), get(SIGNING_KEY_FILE)) {
             (Some(kms), None) => KeySource::Kms(kms),
@@ -151,16 +154,20 @@ fn number(
 ) -> Result<u64, Error> {
     match get(name) {
         None => Ok(default),
-        Some(v) => v.parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-            Error::config(
-                name,
-                format!(
-                    "`{v}` is not a whole number from {} to {} (default {default})",
-                    range.start(),
-                    range.end()
-                ),
-            )
-        }),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                Error::config(
+                    name,
+                    format!(
+                        "`{v}` is not a whole number from {} to {} (default {default})",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
     }
 }
 
@@ -174,8 +181,10 @@ mod tests {
         "scope": "https://graph.microsoft.com/.default", "subject": "aws2azure:graph"}}"#;
 
     fn env(pairs: &[(&str, &str)]) -> Result<SignerConfig, Error> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         SignerConfig::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -205,11 +214,38 @@ mod tests {
         let cases: Vec<Case> = vec![
             (vec![], ISSUER, "is not set"),
             (vec![(ISSUER, "http://issuer.example.com")], ISSUER, "https"),
-            (vec![(ISSUER, "https://i.example.com"), (KMS_KEY, "k")], PROFILES, "no profiles"),
-            (vec![(ISSUER, "https://i.example.com"), (PROFILES, "{}"), (KMS_KEY, "k")], PROFILES, "at least one"),
-            (vec![(ISSUER, "https://i.example.com"), (PROFILES, "[")], PROFILES, "JSON object"),
-            (vec![(ISSUER, "https://i.example.com"), (PROFILES_FILE, "/nonexistent/p.json")], PROFILES_FILE, "cannot read"),
-            (vec![(ISSUER, "https://i.example.com"), (PROFILES, PROFILES_JSON)], KMS_KEY, "alias"),
+            (
+                vec![(ISSUER, "https://i.example.com"), (KMS_KEY, "k")],
+                PROFILES,
+                "no profiles",
+            ),
+            (
+                vec![
+                    (ISSUER, "https://i.example.com"),
+                    (PROFILES, "{}"),
+                    (KMS_KEY, "k"),
+                ],
+                PROFILES,
+                "at least one",
+            ),
+            (
+                vec![(ISSUER, "https://i.example.com"), (PROFILES, "[")],
+                PROFILES,
+                "JSON object",
+            ),
+            (
+                vec![
+                    (ISSUER, "https://i.example.com"),
+                    (PROFILES_FILE, "/nonexistent/p.json"),
+                ],
+                PROFILES_FILE,
+                "cannot read",
+            ),
+            (
+                vec![(ISSUER, "https://i.example.com"), (PROFILES, PROFILES_JSON)],
+                KMS_KEY,
+                "alias",
+            ),
         ];
         for (pairs, setting, hint) in cases {
             let err = env(&pairs).unwrap_err();

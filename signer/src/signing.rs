@@ -108,7 +108,9 @@ mod tests {
         assert_eq!(jwk.bits(), 2048);
         let issuer = Issuer::parse("https://issuer.example.com").unwrap();
         let subject = Subject::parse("s").unwrap();
-        let claims = AssertionBuilder::new(&issuer, &subject).build(1, "j").unwrap();
+        let claims = AssertionBuilder::new(&issuer, &subject)
+            .build(1, "j")
+            .unwrap();
         let assertion = signer.sign_assertion(&claims).await.unwrap();
         let jwt = assertion.expose();
         let (input, sig) = jwt.rsplit_once('.').unwrap();
@@ -121,7 +123,11 @@ mod tests {
             e: jwk.exponent(),
         };
         public
-            .verify(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &b64(sig))
+            .verify(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                input.as_bytes(),
+                &b64(sig),
+            )
             .expect("signature verifies");
 
         // The exported key loads back to the same public key.
@@ -131,7 +137,9 @@ mod tests {
 
     fn b64(s: &str) -> Vec<u8> {
         use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .unwrap()
     }
 
     #[test]
@@ -142,7 +150,10 @@ mod tests {
             "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         ] {
-            assert!(matches!(LocalKeySigner::from_pem(pem), Err(Error::LocalKey(_))), "{pem}");
+            assert!(
+                matches!(LocalKeySigner::from_pem(pem), Err(Error::LocalKey(_))),
+                "{pem}"
+            );
         }
     }
 }

@@ -86,7 +86,11 @@ mod tests {
         assert_eq!(t.freshness(100, 0), Freshness::Fresh);
         assert_eq!(t.freshness(699, 300), Freshness::Fresh);
         assert_eq!(t.freshness(700, 0), Freshness::RefreshDue);
-        assert_eq!(t.freshness(100, 901), Freshness::Unusable, "min_validity beyond expiry");
+        assert_eq!(
+            t.freshness(100, 901),
+            Freshness::Unusable,
+            "min_validity beyond expiry"
+        );
         assert_eq!(t.freshness(100, 900), Freshness::Fresh);
         assert_eq!(t.freshness(1000, 0), Freshness::Unusable);
         assert_eq!(t.freshness(5000, 0), Freshness::Unusable);

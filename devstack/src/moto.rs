@@ -1,0 +1,119 @@
+//! moto server (PyPI `moto[server]`), started and stopped by the caller, as
+//! the local KMS and DynamoDB.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// A running `moto_server`, killed on drop.
+pub struct MotoServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Credentials moto accepts (it does not check signatures).
+pub const ACCESS_KEY_ID: &str = "testing";
+pub const SECRET_ACCESS_KEY: &str = "testing";
+pub const REGION: &str = "us-east-1";
+
+impl MotoServer {
+    /// Starts moto on a free loopback port and waits until it answers.
+    ///
+    /// The binary is `$AWS2AZURE_MOTO_SERVER`, else `.venv/bin/moto_server`
+    /// of the workspace (what `scripts/test` installs), else `moto_server`
+    /// on `PATH`.
+    pub fn start() -> Result<Self, Error> {
+        let binary = binary();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::Moto(format!("no free port: {e}")))?
+            .port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::Moto(format!(
+                    "cannot start `{}` ({e}); run ./scripts/test once to install it into .venv",
+                    binary.display()
+                ))
+            })?;
+        let mut server = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        server.wait_ready(Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Moto(format!("exited during start-up ({status})")));
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(Error::Moto(format!(
+            "did not listen on {} within {timeout:?}",
+            self.addr
+        )))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An SDK configuration pointing every client at this server.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        sdk_config_for(&self.endpoint()).await
+    }
+}
+
+/// An SDK configuration for a moto-compatible endpoint (moto itself or a
+/// proxy in front of it), with moto's test credentials.
+pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
+    let credentials = aws_credential_types::Credentials::new(
+        ACCESS_KEY_ID,
+        SECRET_ACCESS_KEY,
+        None,
+        None,
+        "devstack",
+    );
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .load()
+        .await
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("AWS2AZURE_MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("moto_server")
+}
