@@ -31,8 +31,23 @@ impl MotoServer {
             .and_then(|l| l.local_addr())
             .map_err(|e| Error::Moto(format!("no free port: {e}")))?
             .port();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // A watchdog shell runs moto and stops it when this process is gone,
+        // so a server held in a static (never dropped) does not outlive the
+        // test binary, and a crashed run leaves no orphan behind.
+        const WATCHDOG: &str = r#"
+"$1" -H 127.0.0.1 -p "$2" >/dev/null 2>&1 &
+moto=$!
+trap 'kill $moto 2>/dev/null; exit 0' TERM INT
+while kill -0 "$3" 2>/dev/null && kill -0 $moto 2>/dev/null; do sleep 0.5; done
+kill $moto 2>/dev/null
+"#;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("moto-watchdog")
+            .arg(&binary)
+            .arg(port.to_string())
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -47,15 +62,19 @@ impl MotoServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
-        server.wait_ready(Duration::from_secs(30))?;
+        server.wait_ready(&binary, Duration::from_secs(30))?;
         Ok(server)
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+    fn wait_ready(&mut self, binary: &Path, timeout: Duration) -> Result<(), Error> {
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(Error::Moto(format!("exited during start-up ({status})")));
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(Error::Moto(format!(
+                    "`{}` did not start; run ./scripts/test once to install moto into .venv, or \
+                     set AWS2AZURE_MOTO_SERVER",
+                    binary.display()
+                )));
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
@@ -66,6 +85,13 @@ impl MotoServer {
             "did not listen on {} within {timeout:?}",
             self.addr
         )))
+    }
+
+    /// One server for the whole process, started on first use; it stops
+    /// when the process exits.
+    pub fn shared() -> &'static MotoServer {
+        static SHARED: std::sync::OnceLock<MotoServer> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| MotoServer::start().expect("moto server starts"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -102,7 +128,10 @@ pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
 
 impl Drop for MotoServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM lets the watchdog stop moto before it exits itself.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }

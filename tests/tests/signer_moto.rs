@@ -1,0 +1,339 @@
+//! The signer's AWS adapters against moto server: KMS signing (verified with
+//! the public key from `GetPublicKey`, by PyJWT and by aws-lc-rs) and the
+//! DynamoDB token cache (hit, expiry, lease contention, missing table, down).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kms::types::KeySpec;
+use aws2azure_devstack::fault_proxy::FaultProxy;
+use aws2azure_devstack::loopback;
+use aws2azure_devstack::moto::{MotoServer, sdk_config_for};
+use aws2azure_shared::assertion::{AUDIENCE, AssertionBuilder};
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::jwk::Jwk;
+use aws2azure_shared::profile::Subject;
+use aws2azure_signer::Error;
+use aws2azure_signer::cache::{CacheKey, SharedCache};
+use aws2azure_signer::clock::{Clock, SystemClock};
+use aws2azure_signer::dynamodb::DynamoDbCache;
+use aws2azure_signer::kms::KmsSigner;
+use aws2azure_signer::signing::AssertionSigner;
+use aws2azure_signer::token::{AccessToken, CachedToken};
+use aws2azure_tests::aws::{create_cache_table, create_key, create_signing_key, unique};
+use aws2azure_tests::python::pyjwt_verify;
+use base64::Engine as _;
+
+const ISSUER: &str = "https://issuer.example.com/";
+
+async fn clients() -> (aws_sdk_kms::Client, aws_sdk_dynamodb::Client) {
+    let config = MotoServer::shared().sdk_config().await;
+    (
+        aws_sdk_kms::Client::new(&config),
+        aws_sdk_dynamodb::Client::new(&config),
+    )
+}
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kms_assertions_verify_with_the_key_from_get_public_key() {
+    let (kms, _) = clients().await;
+    let alias = format!("alias/{}", unique("signer"));
+    let key_id = create_signing_key(&kms, &alias).await;
+    let signer = KmsSigner::new(kms.clone(), &alias, clock());
+
+    let issuer = Issuer::parse(ISSUER).unwrap();
+    let subject = Subject::parse("aws2azure:graph").unwrap();
+    let now = SystemClock.now_unix();
+    let claims = AssertionBuilder::new(&issuer, &subject)
+        .build(now, "jti-1")
+        .unwrap();
+    let assertion = signer.sign_assertion(&claims).await.unwrap();
+
+    // The public key as KMS publishes it, independently of the signer.
+    let der = kms.get_public_key().key_id(&key_id).send().await.unwrap();
+    let der = der.public_key().unwrap().as_ref().to_vec();
+    let jwk = Jwk::from_spki_der(&der).unwrap();
+    assert_eq!(signer.public_key().await.unwrap(), jwk);
+
+    let jwt = assertion.expose();
+    let (input, signature) = jwt.rsplit_once('.').unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64(input.split('.').next().unwrap())).unwrap();
+    assert_eq!(
+        header,
+        serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": jwk.thumbprint()})
+    );
+
+    // Verifier 1: aws-lc-rs straight from the DER SubjectPublicKeyInfo.
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        &der,
+    )
+    .verify(input.as_bytes(), &b64(signature))
+    .expect("KMS signature verifies against GetPublicKey");
+
+    // Verifier 2: PyJWT, with the PEM form of the same key.
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    let verified = pyjwt_verify(jwt, &pem, AUDIENCE, ISSUER);
+    assert_eq!(verified["claims"]["sub"], "aws2azure:graph");
+    assert_eq!(verified["claims"]["iss"], ISSUER);
+    assert_eq!(verified["claims"]["jti"], "jti-1");
+    assert_eq!(
+        verified["claims"]["exp"].as_u64().unwrap() - verified["claims"]["iat"].as_u64().unwrap(),
+        300
+    );
+
+    // The check can fail: other signed bytes do not verify.
+    let tampered = format!("{input}x");
+    assert!(
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            &der
+        )
+        .verify(tampered.as_bytes(), &b64(signature))
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn kms_refuses_unusable_keys_at_resolution() {
+    let (kms, _) = clients().await;
+
+    let ec_alias = format!("alias/{}", unique("ec"));
+    create_key(&kms, &ec_alias, KeySpec::EccNistP256).await;
+    let err = KmsSigner::new(kms.clone(), &ec_alias, clock())
+        .resolve()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Shared(aws2azure_shared::Error::UnsupportedKeyType { .. })
+        ),
+        "{err:?}"
+    );
+
+    let disabled_alias = format!("alias/{}", unique("disabled"));
+    let key_id = create_signing_key(&kms, &disabled_alias).await;
+    kms.disable_key().key_id(&key_id).send().await.unwrap();
+    let err = KmsSigner::new(kms.clone(), &disabled_alias, clock())
+        .resolve()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not enabled"), "{err}");
+
+    let err = KmsSigner::new(kms.clone(), "alias/does-not-exist", clock())
+        .resolve()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Kms { code, .. } => assert_eq!(code, "NotFoundException"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.api_status().0, 500);
+}
+
+#[tokio::test]
+async fn kms_throttling_is_retried_a_bounded_number_of_times() {
+    let moto = MotoServer::shared();
+    let proxy = FaultProxy::new(moto.endpoint());
+    let server = proxy.clone().serve(loopback()).await.unwrap();
+    let config = sdk_config_for(&server.url()).await;
+    let kms_config = aws_sdk_kms::config::Builder::from(&config)
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(10)),
+        )
+        .build();
+    let kms = aws_sdk_kms::Client::from_conf(kms_config);
+    let alias = format!("alias/{}", unique("throttled"));
+    create_signing_key(&kms, &alias).await;
+    let signer = KmsSigner::new(kms, &alias, clock());
+    let issuer = Issuer::parse(ISSUER).unwrap();
+    let subject = Subject::parse("s").unwrap();
+    let claims = AssertionBuilder::new(&issuer, &subject)
+        .build(SystemClock.now_unix(), "j")
+        .unwrap();
+
+    // Two throttles, then KMS answers: the SDK's bounded retry absorbs them.
+    proxy.fail("TrentService.Sign", "ThrottlingException", 400, 2);
+    signer
+        .sign_assertion(&claims)
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(proxy.calls("TrentService.Sign"), 3);
+
+    // Throttled throughout: three attempts, then a 503-class error.
+    proxy.fail("TrentService.Sign", "ThrottlingException", 400, 10);
+    let err = signer.sign_assertion(&claims).await.unwrap_err();
+    assert_eq!(err, Error::KmsThrottled);
+    assert_eq!(err.api_status().0, 503);
+    assert_eq!(proxy.calls("TrentService.Sign"), 6);
+}
+
+fn token(expires_on: u64, value: &str) -> CachedToken {
+    CachedToken {
+        access_token: AccessToken::new(value.into()),
+        token_type: "Bearer".into(),
+        expires_on,
+        refresh_on: expires_on - 300,
+    }
+}
+
+fn key(profile: &str) -> CacheKey {
+    CacheKey {
+        profile: profile.into(),
+        digest: unique("digest"),
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_cache_hit_expiry_and_no_regression() {
+    let (_, ddb) = clients().await;
+    let table = unique("tokens");
+    create_cache_table(&ddb, &table).await;
+    let cache = DynamoDbCache::new(ddb.clone(), &table);
+    cache.check().await.unwrap();
+    let now = SystemClock.now_unix();
+    let k = key("graph");
+
+    assert_eq!(cache.get(&k, now).await.unwrap(), None);
+    cache.put(&k, &token(now + 3600, "t1")).await.unwrap();
+    assert_eq!(
+        cache.get(&k, now).await.unwrap(),
+        Some(token(now + 3600, "t1"))
+    );
+
+    // An older token never replaces a newer one.
+    cache.put(&k, &token(now + 1800, "older")).await.unwrap();
+    assert_eq!(
+        cache
+            .get(&k, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token
+            .expose(),
+        "t1"
+    );
+    cache.put(&k, &token(now + 4000, "newer")).await.unwrap();
+    assert_eq!(
+        cache
+            .get(&k, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token
+            .expose(),
+        "newer"
+    );
+
+    // moto (like DynamoDB for hours) never deletes expired items: the code
+    // must not serve them.
+    assert_eq!(cache.get(&k, now + 4000).await.unwrap(), None);
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("token#{}", k.digest)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(item.item().is_some(), "the expired item is still stored");
+    assert_eq!(
+        item.item().unwrap()["ttl"],
+        aws_sdk_dynamodb::types::AttributeValue::N((now + 4000).to_string()),
+        "TTL attribute for DynamoDB's own deletion"
+    );
+
+    // Another profile's key sees nothing.
+    assert_eq!(cache.get(&key("other"), now).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn dynamodb_lease_contention() {
+    let (_, ddb) = clients().await;
+    let table = unique("leases");
+    create_cache_table(&ddb, &table).await;
+    let cache = DynamoDbCache::new(ddb, &table);
+    let now = SystemClock.now_unix();
+    let k = key("graph");
+
+    assert!(cache.try_lease(&k, "a", now, now + 30).await.unwrap());
+    assert!(
+        !cache.try_lease(&k, "b", now, now + 30).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        !cache.try_lease(&k, "a", now, now + 30).await.unwrap(),
+        "not re-entrant"
+    );
+    // Releasing someone else's lease does nothing.
+    cache.release_lease(&k, "b").await.unwrap();
+    assert!(!cache.try_lease(&k, "b", now, now + 30).await.unwrap());
+    cache.release_lease(&k, "a").await.unwrap();
+    assert!(cache.try_lease(&k, "b", now, now + 30).await.unwrap());
+    // An expired lease (its holder died) is taken over.
+    assert!(cache.try_lease(&k, "c", now + 31, now + 61).await.unwrap());
+
+    // Many contenders at once: exactly one wins.
+    let k2 = key("graph2");
+    let attempts = futures_util::future::join_all((0..20).map(|i| {
+        let cache = &cache;
+        let k2 = &k2;
+        async move {
+            cache
+                .try_lease(k2, &format!("h{i}"), now, now + 30)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(attempts.iter().filter(|won| **won).count(), 1);
+}
+
+#[tokio::test]
+async fn dynamodb_missing_table_and_unreachable_service_are_clear_errors() {
+    let (_, ddb) = clients().await;
+    let cache = DynamoDbCache::new(ddb, "no-such-table");
+    let err = cache.check().await.unwrap_err();
+    assert!(
+        err.to_string().contains("`no-such-table` does not exist"),
+        "{err}"
+    );
+    let err = cache.get(&key("g"), 0).await.unwrap_err();
+    assert!(matches!(err, Error::Cache(_)));
+
+    // Nothing listens on this port: DynamoDB is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = sdk_config_for(&format!("http://{closed}")).await;
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .build(),
+    );
+    let cache = DynamoDbCache::new(ddb, "t");
+    let started = std::time::Instant::now();
+    let err = cache.get(&key("g"), 0).await.unwrap_err();
+    assert_eq!(err, Error::Cache("DynamoDB could not be reached".into()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
