@@ -5,6 +5,7 @@
 
 pub mod entra;
 pub mod fault_proxy;
+pub mod lambda_runtime_api;
 pub mod moto;
 
 use std::net::SocketAddr;
