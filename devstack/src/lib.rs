@@ -5,6 +5,7 @@
 
 pub mod entra;
 pub mod fault_proxy;
+pub mod gateway;
 pub mod lambda_runtime_api;
 pub mod moto;
 
@@ -32,6 +33,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start(addr: SocketAddr, router: axum::Router) -> Result<Self, Error> {
+        Self::launch(addr, router, false).await
+    }
+
+    /// Like [`Server::start`], with each request's peer address available
+    /// to handlers as `ConnectInfo<SocketAddr>`.
+    pub async fn start_with_peers(addr: SocketAddr, router: axum::Router) -> Result<Self, Error> {
+        Self::launch(addr, router, true).await
+    }
+
+    async fn launch(addr: SocketAddr, router: axum::Router, peers: bool) -> Result<Self, Error> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
@@ -40,11 +51,21 @@ impl Server {
             .map_err(|source| Error::Bind { addr, source })?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let stop = async {
+                let _ = rx.await;
+            };
+            let served = if peers {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await
+            } else {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "devstack server stopped");
             }
