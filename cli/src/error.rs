@@ -7,7 +7,8 @@ pub enum ExitCode {
     Ok = 0,
     /// The operation ran and failed: a check failed, a peer refused.
     Failed = 1,
-    /// The command line or an input file is wrong; nothing was done.
+    /// The command line, an input file or the local setup is wrong; nothing
+    /// was done.
     Usage = 2,
 }
 
@@ -28,13 +29,32 @@ pub enum Error {
         context: String,
         source: aws2azure_shared::Error,
     },
+    #[error("{0}")]
+    Usage(String),
+    #[error("AWS credentials: {0}")]
+    Credentials(String),
+    #[error("signing the request: {0}")]
+    Sign(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the token API refused (HTTP {status}, {error}): {description}{}", aadsts.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default())]
+    Api {
+        status: u16,
+        error: String,
+        description: String,
+        aadsts: Option<String>,
+    },
+    #[error("token cache: {0}")]
+    Cache(String),
+    #[error("{0}")]
+    Dev(String),
 }
 
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Read { .. } | Self::Input { .. } => ExitCode::Usage,
-            Self::Write { .. } => ExitCode::Failed,
+            Self::Read { .. } | Self::Input { .. } | Self::Usage(_) | Self::Credentials(_) => ExitCode::Usage,
+            _ => ExitCode::Failed,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! testable and usable from Rust code.
 
 pub mod allowlist;
+pub mod token;
 mod error;
 
 pub use error::{Error, ExitCode};

@@ -1,0 +1,321 @@
+//! The client AWS workloads use: `GET {endpoint}/token/{profile}` signed
+//! with SigV4 (credentials from the standard AWS provider chain), with an
+//! optional on-disk cache reused while the token has enough life left.
+//!
+//! Usable from Rust:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), aws2azure_cli::Error> {
+//! let client = aws2azure_cli::token::TokenClient::from_env(
+//!     "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod", None).await?;
+//! let token = client.token("graph", 300).await?;
+//! println!("Bearer {}", token.access_token);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The token API's answer.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub expires_on: u64,
+    pub profile: String,
+    pub scope: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .field("profile", &self.profile)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// The token API's error document.
+#[derive(Clone, Debug, Default, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    aadsts: Option<String>,
+    /// API Gateway's own refusals (`{"message": ...}`).
+    #[serde(default)]
+    message: Option<String>,
+}
+
+pub struct TokenClient {
+    endpoint: String,
+    region: String,
+    credentials: SharedCredentialsProvider,
+    http: reqwest::Client,
+    cache_dir: Option<PathBuf>,
+}
+
+impl TokenClient {
+    /// Credentials and region from the standard AWS chain (environment,
+    /// shared config and credentials files, web identity, ECS and EC2
+    /// metadata). `region` overrides; otherwise it is read from an API
+    /// Gateway host name, else from the AWS configuration.
+    pub async fn from_env(endpoint: &str, region: Option<&str>) -> Result<Self, Error> {
+        let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let credentials = config.credentials_provider().ok_or_else(|| Error::Credentials(
+            "no AWS credentials provider is configured".into(),
+        ))?;
+        let region = region
+            .map(str::to_string)
+            .or_else(|| region_from_host(endpoint))
+            .or_else(|| config.region().map(|r| r.to_string()))
+            .ok_or_else(|| Error::Usage(
+                "cannot tell the API's region: pass --region or set AWS_REGION".into(),
+            ))?;
+        Self::new(endpoint, &region, credentials)
+    }
+
+    pub fn new(endpoint: &str, region: &str, credentials: SharedCredentialsProvider) -> Result<Self, Error> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let parsed: http::Uri = endpoint
+            .parse()
+            .map_err(|_| Error::Usage(format!("--endpoint `{endpoint}` is not a URL")))?;
+        match parsed.scheme_str() {
+            Some("https") => {}
+            Some("http") if parsed.host().is_some_and(is_loopback) => {}
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--endpoint `{endpoint}` must be https (http only on loopback, for `aws2azure dev`)"
+                )));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("aws2azure-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        Ok(Self {
+            endpoint,
+            region: region.to_string(),
+            credentials,
+            http,
+            cache_dir: None,
+        })
+    }
+
+    /// Reuses tokens stored in `dir` (created with mode 0700).
+    pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+
+    /// A token for `profile` that stays valid for at least `min_validity`
+    /// seconds: from the disk cache when possible, else from the API.
+    pub async fn token(&self, profile: &str, min_validity: u64) -> Result<TokenResponse, Error> {
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| Error::Credentials(e.to_string()))?;
+        let cache_file = self.cache_dir.as_ref().map(|dir| {
+            // Keyed by the AWS identity too: two roles on one machine must
+            // never share a token.
+            let key = format!("{}\n{profile}\n{}", self.endpoint, credentials.access_key_id());
+            dir.join(format!("{}.json", hex::encode(&Sha256::digest(key.as_bytes())[..16])))
+        });
+        if let Some(path) = &cache_file
+            && let Some(cached) = read_cached(path)
+            && cached.expires_on.saturating_sub(now()) > min_validity
+        {
+            return Ok(TokenResponse {
+                expires_in: cached.expires_on.saturating_sub(now()),
+                ..cached
+            });
+        }
+        let fresh = self.request(profile, min_validity, &credentials).await?;
+        if let Some(path) = &cache_file {
+            write_cached(path, &fresh)?;
+        }
+        Ok(fresh)
+    }
+
+    async fn request(&self, profile: &str, min_validity: u64, credentials: &Credentials) -> Result<TokenResponse, Error> {
+        let mut url = format!("{}/token/{}", self.endpoint, encode_segment(profile));
+        if min_validity > 0 {
+            url.push_str(&format!("?min_validity={min_validity}"));
+        }
+        let identity = credentials.clone().into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("execute-api")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| Error::Sign(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+            .map_err(|e| Error::Sign(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| Error::Sign(e.to_string()))?
+            .into_parts();
+        let mut request = http::Request::get(&url).body(()).map_err(|e| Error::Sign(e.to_string()))?;
+        instructions.apply_to_request_http1x(&mut request);
+
+        let mut builder = self.http.get(&url);
+        for (name, value) in request.headers() {
+            builder = builder.header(name, value);
+        }
+        let response = builder.send().await.map_err(|e| Error::Http(e.without_url().to_string()))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|e| Error::Http(format!("the token API answered 200 with an unexpected body ({e})")));
+        }
+        let err: ApiError = serde_json::from_slice(&body).unwrap_or_default();
+        let description = match (&err.message, err.error_description.is_empty()) {
+            (Some(message), true) => message.clone(),
+            _ => err.error_description.clone(),
+        };
+        Err(Error::Api {
+            status: status.as_u16(),
+            error: if err.error.is_empty() { "refused".into() } else { err.error },
+            description,
+            aadsts: err.aadsts,
+        })
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Profile names are URL-safe by rule; anything else is encoded rather than
+/// allowed to change the path, and the API refuses it.
+fn encode_segment(segment: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `abc123.execute-api.eu-west-1.amazonaws.com` → `eu-west-1`.
+pub fn region_from_host(endpoint: &str) -> Option<String> {
+    let host = endpoint.parse::<http::Uri>().ok()?.host()?.to_string();
+    let mut labels = host.split('.');
+    labels.next()?;
+    (labels.next()? == "execute-api").then(|| labels.next().map(str::to_string))?
+}
+
+fn read_cached(path: &Path) -> Option<TokenResponse> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_cached(path: &Path, token: &TokenResponse) -> Result<(), Error> {
+    let dir = path.parent().expect("cache files live in a directory");
+    let fail = |e: std::io::Error| Error::Cache(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp).map_err(fail)?;
+        file.write_all(&serde_json::to_vec(token).expect("serialises")).map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/aws2azure` or
+/// `~/.cache/aws2azure`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("aws2azure"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_from_api_gateway_hosts() {
+        assert_eq!(region_from_host("https://a1b2.execute-api.eu-west-1.amazonaws.com/prod").as_deref(), Some("eu-west-1"));
+        assert_eq!(region_from_host("https://a1b2-vpce-1.execute-api.us-east-2.amazonaws.com/prod").as_deref(), Some("us-east-2"));
+        assert_eq!(region_from_host("http://127.0.0.1:9000/dev"), None);
+        assert_eq!(region_from_host("https://tokens.example.com"), None);
+    }
+
+    #[test]
+    fn profile_segments_cannot_change_the_path() {
+        assert_eq!(encode_segment("graph"), "graph");
+        assert_eq!(encode_segment("../admin"), "..%2Fadmin");
+        assert_eq!(encode_segment("a b?c"), "a%20b%3Fc");
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        let creds = SharedCredentialsProvider::new(Credentials::new("a", "b", None, None, "t"));
+        assert!(TokenClient::new("https://x.execute-api.eu-west-1.amazonaws.com/prod", "eu-west-1", creds.clone()).is_ok());
+        assert!(TokenClient::new("http://127.0.0.1:1/dev", "us-east-1", creds.clone()).is_ok());
+        let err = TokenClient::new("http://tokens.example.com/prod", "us-east-1", creds).err().unwrap();
+        assert!(err.to_string().contains("must be https"), "{err}");
+    }
+
+    #[test]
+    fn cache_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("t.json");
+        let token = TokenResponse {
+            access_token: "secret".into(),
+            token_type: "Bearer".into(),
+            expires_in: 10,
+            expires_on: 20,
+            profile: "p".into(),
+            scope: "s".into(),
+        };
+        write_cached(&path, &token).unwrap();
+        assert_eq!(read_cached(&path), Some(token.clone()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        assert!(!format!("{token:?}").contains("secret"));
+    }
+}
