@@ -1,0 +1,278 @@
+//! The Worker: reads what the core needs from the runtime, calls it, writes
+//! its answer and its log line. Nothing is decided here.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    Cache, Context, Env, Headers, KvStore, Request, Response, ResponseBuilder, console_log, event,
+    js_sys,
+};
+
+use crate::{
+    Allowlist, AllowlistMode, AllowlistState, EdgeConfig, EdgeRequest, Error, Event, EventKind,
+    Fetched, KV_BINDING, KeyDocument, KeySource, LastGoodKeys, handle, misconfigured,
+    needs_key_document,
+};
+
+/// How long the Cache API keeps the last good key document. Only a fresh
+/// isolate that cannot read KV ever uses it, so longer is safer: a stale
+/// key set beats a 503 that fails every exchange.
+const COPY_MAX_AGE_SECONDS: u32 = 30 * 86_400;
+
+/// What one isolate keeps between requests. Workers run one request at a
+/// time per thread but interleave them at `await`s, so no `RefCell` borrow
+/// is ever held across one.
+struct Isolate {
+    config: Result<EdgeConfig, Error>,
+    keys: RefCell<LastGoodKeys>,
+    /// `None` in mode `off`: the compiled-in list is then never even parsed.
+    allowlist: Option<RefCell<AllowlistState>>,
+}
+
+thread_local! {
+    static ISOLATE: RefCell<Option<Rc<Isolate>>> = const { RefCell::new(None) };
+}
+
+impl Isolate {
+    fn get(env: &Env) -> Rc<Self> {
+        ISOLATE.with(|cell| {
+            cell.borrow_mut()
+                .get_or_insert_with(|| Rc::new(Self::new(env)))
+                .clone()
+        })
+    }
+
+    fn new(env: &Env) -> Self {
+        let config = EdgeConfig::from_vars(|name| var(env, name)).and_then(|config| {
+            let kv_bound = env.kv(KV_BINDING).is_ok();
+            match config.key_source() {
+                KeySource::Kv { .. } if !kv_bound => Err(Error::Setting {
+                    setting: KV_BINDING,
+                    problem:
+                        "no KV namespace is bound under this name, and KEY_DOCUMENT is not set"
+                            .into(),
+                    fix: format!(
+                        "add [[kv_namespaces]] with binding = \"{KV_BINDING}\" to wrangler.toml, \
+                         or set KEY_DOCUMENT to an inline key document"
+                    ),
+                }),
+                _ => Ok(config),
+            }
+        });
+        let refresh = config
+            .as_ref()
+            .map(EdgeConfig::kv_refresh)
+            .unwrap_or_default();
+        let allowlist = match &config {
+            Ok(c) if c.allowlist_mode() != AllowlistMode::Off => {
+                Some(RefCell::new(AllowlistState::with_builtin(refresh)))
+            }
+            _ => None,
+        };
+        Self {
+            config,
+            keys: RefCell::new(LastGoodKeys::new(refresh)),
+            allowlist,
+        }
+    }
+}
+
+/// A Worker variable as text: wrangler passes `[vars]` strings as strings,
+/// numbers and tables as JSON values, so `JWKS_MAX_AGE = 300` and a
+/// `KEY_DOCUMENT` written as a TOML table both work.
+fn var(env: &Env, name: &str) -> Option<String> {
+    let value = js_sys::Reflect::get(env, &JsValue::from_str(name)).ok()?;
+    if value.is_undefined() || value.is_null() {
+        return None;
+    }
+    if let Some(text) = value.as_string() {
+        return Some(text);
+    }
+    js_sys::JSON::stringify(&value).ok()?.as_string()
+}
+
+/// `request.cf.colo`, read raw: worker's `Cf::colo` panics when it is absent.
+fn colo(req: &Request) -> Option<String> {
+    let cf = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf")).ok()?;
+    if !cf.is_object() {
+        return None;
+    }
+    js_sys::Reflect::get(&cf, &JsValue::from_str("colo"))
+        .ok()?
+        .as_string()
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    // The raw method: worker's `Method` maps every unknown method to GET.
+    let method = req.inner().method();
+    let path = req.path();
+    let headers = req.headers();
+    let if_none_match = headers.get("If-None-Match").ok().flatten();
+    // Cloudflare sets CF-Connecting-IP itself; X-Forwarded-For is whatever
+    // the client wrote, so it is never read.
+    let client = headers.get("CF-Connecting-IP").ok().flatten();
+    let colo = colo(&req);
+    let request = EdgeRequest {
+        method: &method,
+        path: &path,
+        if_none_match: if_none_match.as_deref(),
+        client_address: client.as_deref(),
+        colo: colo.as_deref(),
+    };
+
+    let isolate = Isolate::get(&env);
+    let handled = match &isolate.config {
+        Err(error) => misconfigured(error, &request),
+        Ok(config) => serve(&isolate, config, &env, &request).await,
+    };
+    console_log!("{}", handled.log.to_json());
+    to_worker_response(handled.response)
+}
+
+async fn serve(
+    isolate: &Isolate,
+    config: &EdgeConfig,
+    env: &Env,
+    request: &EdgeRequest<'_>,
+) -> crate::Handled {
+    let now = js_sys::Date::now() as u64;
+    let kv = env.kv(KV_BINDING).ok();
+    let mut events = Vec::new();
+
+    let mut allowlist_label = None;
+    let allowlist: Arc<Allowlist> = match &isolate.allowlist {
+        None => Arc::default(),
+        Some(state) => {
+            let due = state.borrow().is_due(now);
+            if let (true, Some(kv)) = (due, &kv) {
+                let fetched = read_kv(kv, config.allowlist_kv_key()).await;
+                events.extend(state.borrow_mut().apply_store_read(now, fetched));
+            }
+            let state = state.borrow();
+            allowlist_label = Some(state.label().to_string());
+            state.current().clone()
+        }
+    };
+
+    let keys: Option<Arc<KeyDocument>> = match config.key_source() {
+        KeySource::Inline(doc) => Some(doc.clone()),
+        KeySource::Kv { key } => {
+            let due = isolate.keys.borrow().is_due(now);
+            if due && needs_key_document(config, &allowlist, request) {
+                refresh_keys(isolate, config, kv.as_ref(), key, now, &mut events).await;
+            }
+            isolate.keys.borrow().current().cloned()
+        }
+    };
+
+    let mut handled = handle(config, &allowlist, keys.as_deref(), request).with_events(events);
+    handled.log.allowlist = allowlist_label;
+    handled
+}
+
+async fn refresh_keys(
+    isolate: &Isolate,
+    config: &EdgeConfig,
+    kv: Option<&KvStore>,
+    key: &str,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    let fetched = match kv {
+        Some(kv) => read_kv(kv, key).await,
+        None => Fetched::Failed(Error::Kv {
+            key: key.to_string(),
+            message: format!("the `{KV_BINDING}` binding disappeared"),
+        }),
+    };
+    let refresh = isolate.keys.borrow_mut().apply_store_read(now, fetched);
+    events.extend(refresh.events);
+    let copy_url = config.last_good_cache_url();
+    if refresh.store_copy {
+        let current = isolate.keys.borrow().current().cloned();
+        if let Some(doc) = current {
+            // Awaited rather than left to `waitUntil`: it happens once per
+            // new version per isolate, and its failure belongs in this log line.
+            if let Err(error) = write_copy(&copy_url, doc.body()).await {
+                events.push(Event::new(EventKind::KeyCopyFailed).failed(error));
+            }
+        }
+    }
+    let missing = isolate.keys.borrow().current().is_none();
+    if missing {
+        let copy = read_copy(&copy_url).await;
+        events.extend(isolate.keys.borrow_mut().restore_copy(copy));
+    }
+}
+
+async fn read_kv(kv: &KvStore, key: &str) -> Fetched {
+    match kv.get(key).bytes().await {
+        Ok(Some(bytes)) => Fetched::Found(bytes),
+        Ok(None) => Fetched::Missing,
+        Err(error) => Fetched::Failed(Error::Kv {
+            key: key.to_string(),
+            message: error.to_string(),
+        }),
+    }
+}
+
+fn cache_error(operation: &'static str, error: worker::Error) -> Error {
+    Error::Cache {
+        operation,
+        message: error.to_string(),
+    }
+}
+
+async fn read_copy(url: &str) -> Fetched {
+    let cache = Cache::default();
+    match cache.get(url, false).await {
+        Ok(None) => Fetched::Missing,
+        Ok(Some(mut response)) => match response.bytes().await {
+            Ok(bytes) => Fetched::Found(bytes),
+            Err(error) => Fetched::Failed(cache_error("read", error)),
+        },
+        Err(error) => Fetched::Failed(cache_error("read", error)),
+    }
+}
+
+async fn write_copy(url: &str, body: &Bytes) -> Result<(), Error> {
+    let headers = Headers::new();
+    headers
+        .set(
+            "Cache-Control",
+            &format!("public, max-age={COPY_MAX_AGE_SECONDS}"),
+        )
+        .map_err(|e| cache_error("write", e))?;
+    headers
+        .set("Content-Type", "application/json")
+        .map_err(|e| cache_error("write", e))?;
+    let response = ResponseBuilder::new()
+        .with_headers(headers)
+        .fixed(body.to_vec());
+    Cache::default()
+        .put(url, response)
+        .await
+        .map_err(|e| cache_error("write", e))
+}
+
+fn to_worker_response(response: http::Response<Bytes>) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in response.headers() {
+        // Every header value the core sets is ASCII.
+        headers.set(name.as_str(), value.to_str().unwrap_or_default())?;
+    }
+    let builder = ResponseBuilder::new()
+        .with_status(response.status().as_u16())
+        .with_headers(headers);
+    // A null body, not an empty one: JavaScript refuses any body on a 304.
+    Ok(if response.body().is_empty() {
+        builder.empty()
+    } else {
+        builder.fixed(response.body().to_vec())
+    })
+}
