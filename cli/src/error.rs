@@ -53,7 +53,9 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Read { .. } | Self::Input { .. } | Self::Usage(_) | Self::Credentials(_) => ExitCode::Usage,
+            Self::Read { .. } | Self::Input { .. } | Self::Usage(_) | Self::Credentials(_) => {
+                ExitCode::Usage
+            }
             _ => ExitCode::Failed,
         }
     }

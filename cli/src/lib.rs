@@ -2,7 +2,7 @@
 //! testable and usable from Rust code.
 
 pub mod allowlist;
-pub mod token;
 mod error;
+pub mod token;
 
 pub use error::{Error, ExitCode};

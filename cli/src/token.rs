@@ -77,20 +77,24 @@ impl TokenClient {
     /// Gateway host name, else from the AWS configuration.
     pub async fn from_env(endpoint: &str, region: Option<&str>) -> Result<Self, Error> {
         let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let credentials = config.credentials_provider().ok_or_else(|| Error::Credentials(
-            "no AWS credentials provider is configured".into(),
-        ))?;
+        let credentials = config.credentials_provider().ok_or_else(|| {
+            Error::Credentials("no AWS credentials provider is configured".into())
+        })?;
         let region = region
             .map(str::to_string)
             .or_else(|| region_from_host(endpoint))
             .or_else(|| config.region().map(|r| r.to_string()))
-            .ok_or_else(|| Error::Usage(
-                "cannot tell the API's region: pass --region or set AWS_REGION".into(),
-            ))?;
+            .ok_or_else(|| {
+                Error::Usage("cannot tell the API's region: pass --region or set AWS_REGION".into())
+            })?;
         Self::new(endpoint, &region, credentials)
     }
 
-    pub fn new(endpoint: &str, region: &str, credentials: SharedCredentialsProvider) -> Result<Self, Error> {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        credentials: SharedCredentialsProvider,
+    ) -> Result<Self, Error> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         let parsed: http::Uri = endpoint
             .parse()
@@ -135,8 +139,15 @@ impl TokenClient {
         let cache_file = self.cache_dir.as_ref().map(|dir| {
             // Keyed by the AWS identity too: two roles on one machine must
             // never share a token.
-            let key = format!("{}\n{profile}\n{}", self.endpoint, credentials.access_key_id());
-            dir.join(format!("{}.json", hex::encode(&Sha256::digest(key.as_bytes())[..16])))
+            let key = format!(
+                "{}\n{profile}\n{}",
+                self.endpoint,
+                credentials.access_key_id()
+            );
+            dir.join(format!(
+                "{}.json",
+                hex::encode(&Sha256::digest(key.as_bytes())[..16])
+            ))
         });
         if let Some(path) = &cache_file
             && let Some(cached) = read_cached(path)
@@ -154,7 +165,12 @@ impl TokenClient {
         Ok(fresh)
     }
 
-    async fn request(&self, profile: &str, min_validity: u64, credentials: &Credentials) -> Result<TokenResponse, Error> {
+    async fn request(
+        &self,
+        profile: &str,
+        min_validity: u64,
+        credentials: &Credentials,
+    ) -> Result<TokenResponse, Error> {
         let mut url = format!("{}/token/{}", self.endpoint, encode_segment(profile));
         if min_validity > 0 {
             url.push_str(&format!("?min_validity={min_validity}"));
@@ -169,24 +185,36 @@ impl TokenClient {
             .build()
             .map_err(|e| Error::Sign(e.to_string()))?
             .into();
-        let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
-            .map_err(|e| Error::Sign(e.to_string()))?;
+        let signable =
+            SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+                .map_err(|e| Error::Sign(e.to_string()))?;
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| Error::Sign(e.to_string()))?
             .into_parts();
-        let mut request = http::Request::get(&url).body(()).map_err(|e| Error::Sign(e.to_string()))?;
+        let mut request = http::Request::get(&url)
+            .body(())
+            .map_err(|e| Error::Sign(e.to_string()))?;
         instructions.apply_to_request_http1x(&mut request);
 
         let mut builder = self.http.get(&url);
         for (name, value) in request.headers() {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await.map_err(|e| Error::Http(e.without_url().to_string()))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| Error::Http(e.without_url().to_string()))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Http(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|e| Error::Http(format!("the token API answered 200 with an unexpected body ({e})")));
+            return serde_json::from_slice(&body).map_err(|e| {
+                Error::Http(format!(
+                    "the token API answered 200 with an unexpected body ({e})"
+                ))
+            });
         }
         let err: ApiError = serde_json::from_slice(&body).unwrap_or_default();
         let description = match (&err.message, err.error_description.is_empty()) {
@@ -195,7 +223,11 @@ impl TokenClient {
         };
         Err(Error::Api {
             status: status.as_u16(),
-            error: if err.error.is_empty() { "refused".into() } else { err.error },
+            error: if err.error.is_empty() {
+                "refused".into()
+            } else {
+                err.error
+            },
             description,
             aadsts: err.aadsts,
         })
@@ -203,7 +235,10 @@ impl TokenClient {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Profile names are URL-safe by rule; anything else is encoded rather than
@@ -219,7 +254,10 @@ fn encode_segment(segment: &str) -> String {
 
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `abc123.execute-api.eu-west-1.amazonaws.com` → `eu-west-1`.
@@ -254,7 +292,8 @@ fn write_cached(path: &Path, token: &TokenResponse) -> Result<(), Error> {
             options.mode(0o600);
         }
         let mut file = options.open(&tmp).map_err(fail)?;
-        file.write_all(&serde_json::to_vec(token).expect("serialises")).map_err(fail)?;
+        file.write_all(&serde_json::to_vec(token).expect("serialises"))
+            .map_err(fail)?;
     }
     std::fs::rename(&tmp, path).map_err(fail)
 }
@@ -274,8 +313,15 @@ mod tests {
 
     #[test]
     fn regions_from_api_gateway_hosts() {
-        assert_eq!(region_from_host("https://a1b2.execute-api.eu-west-1.amazonaws.com/prod").as_deref(), Some("eu-west-1"));
-        assert_eq!(region_from_host("https://a1b2-vpce-1.execute-api.us-east-2.amazonaws.com/prod").as_deref(), Some("us-east-2"));
+        assert_eq!(
+            region_from_host("https://a1b2.execute-api.eu-west-1.amazonaws.com/prod").as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_from_host("https://a1b2-vpce-1.execute-api.us-east-2.amazonaws.com/prod")
+                .as_deref(),
+            Some("us-east-2")
+        );
         assert_eq!(region_from_host("http://127.0.0.1:9000/dev"), None);
         assert_eq!(region_from_host("https://tokens.example.com"), None);
     }
@@ -290,9 +336,18 @@ mod tests {
     #[test]
     fn endpoint_rules() {
         let creds = SharedCredentialsProvider::new(Credentials::new("a", "b", None, None, "t"));
-        assert!(TokenClient::new("https://x.execute-api.eu-west-1.amazonaws.com/prod", "eu-west-1", creds.clone()).is_ok());
+        assert!(
+            TokenClient::new(
+                "https://x.execute-api.eu-west-1.amazonaws.com/prod",
+                "eu-west-1",
+                creds.clone()
+            )
+            .is_ok()
+        );
         assert!(TokenClient::new("http://127.0.0.1:1/dev", "us-east-1", creds.clone()).is_ok());
-        let err = TokenClient::new("http://tokens.example.com/prod", "us-east-1", creds).err().unwrap();
+        let err = TokenClient::new("http://tokens.example.com/prod", "us-east-1", creds)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("must be https"), "{err}");
     }
 
@@ -313,8 +368,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(path.parent().unwrap())
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o700
+            );
         }
         assert!(!format!("{token:?}").contains("secret"));
     }

@@ -1,8 +1,12 @@
 //! Local stand-ins for the cloud, over real sockets, for `aws2azure dev` and
-//! the tests: an Entra-compatible token endpoint ([`entra`]), moto server for
-//! KMS and DynamoDB ([`moto`]), and a proxy that injects AWS faults in front
-//! of it ([`fault_proxy`]). Never used by the Lambda or the Worker.
+//! the tests: the edge core serving discovery and keys ([`edge_server`]), an
+//! Entra-compatible token endpoint ([`entra`]), a SigV4-verifying API
+//! Gateway ([`gateway`]), a Lambda Runtime API ([`lambda_runtime_api`]),
+//! moto server for KMS and DynamoDB ([`moto`]), and a proxy that injects AWS
+//! faults in front of it ([`fault_proxy`]). Never used by the Lambda or the
+//! Worker.
 
+pub mod edge_server;
 pub mod entra;
 pub mod fault_proxy;
 pub mod gateway;
@@ -22,6 +26,8 @@ pub enum Error {
     },
     #[error("moto server: {0}")]
     Moto(String),
+    #[error("edge: {0}")]
+    Edge(String),
 }
 
 /// An HTTP server on a real socket, stopped when dropped.
@@ -46,9 +52,19 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?;
+        Self::from_listener(listener, router, peers)
+    }
+
+    /// Serves on a listener the caller bound (to know its port first).
+    pub fn from_listener(
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        peers: bool,
+    ) -> Result<Self, Error> {
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let stop = async {

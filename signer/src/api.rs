@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::Error;
-use crate::broker::{Broker, Issued, MAX_MIN_VALIDITY_SECS};
+use crate::broker::{Broker, Failed, Issued, MAX_MIN_VALIDITY_SECS, Upstream};
 
 /// Longest profile name echoed into a log line or an error.
 const ECHO_MAX: usize = 64;
@@ -156,17 +156,17 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
     let response = match result {
         Ok(issued) => {
             audit.cache = Some(issued.outcome.as_str());
-            audit.entra_calls = issued.upstream.entra_calls;
-            audit.entra_ms = issued.upstream.entra_ms;
-            audit.sign_calls = issued.upstream.sign_calls;
-            audit.sign_ms = issued.upstream.sign_ms;
-            audit.shared_cache_degraded = issued.upstream.shared_cache_degraded;
+            audit.upstream(&issued.upstream);
             if let Some(err) = &issued.absorbed_error {
                 audit.aadsts = err.aadsts();
             }
             success(&audit.profile, broker, &issued)
         }
-        Err(err) => {
+        Err(Failed {
+            error: err,
+            upstream,
+        }) => {
+            audit.upstream(&upstream);
             let (status, code) = err.api_status();
             audit.error = Some(code);
             audit.aadsts = err.aadsts();
@@ -181,14 +181,14 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
     (response, audit)
 }
 
-async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Result<Issued, Error> {
+async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Result<Issued, Failed> {
     let raw_profile = profile_segment(req);
     audit.profile = raw_profile.as_deref().map(echo).unwrap_or_default();
     if audit.caller.is_none() {
-        return Err(Error::MissingIdentity);
+        return Err(Error::MissingIdentity.into());
     }
     if req.method() != Method::GET {
-        return Err(Error::MethodNotAllowed(req.method().to_string()));
+        return Err(Error::MethodNotAllowed(req.method().to_string()).into());
     }
     let raw_profile = raw_profile
         .ok_or_else(|| Error::InvalidRequest("the path must be /token/{profile}".into()))?;
@@ -200,9 +200,19 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
     let min_validity = min_validity(req)?;
     let profile = name.as_str();
     if broker.profiles().get(profile).is_none() {
-        return Err(Error::UnknownProfile(profile.to_string()));
+        return Err(Error::UnknownProfile(profile.to_string()).into());
     }
     broker.token(profile, min_validity).await
+}
+
+impl AuditRecord {
+    fn upstream(&mut self, upstream: &Upstream) {
+        self.entra_calls = upstream.entra_calls;
+        self.entra_ms = upstream.entra_ms;
+        self.sign_calls = upstream.sign_calls;
+        self.sign_ms = upstream.sign_ms;
+        self.shared_cache_degraded = upstream.shared_cache_degraded;
+    }
 }
 
 /// The `{profile}` path segment: API Gateway's path parameter, or the last

@@ -136,7 +136,24 @@ pub struct Issued {
     pub absorbed_error: Option<Error>,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Issued, Error>>>;
+/// A failed request: the error, and what it cost upstream before failing
+/// (for the audit line and the metrics).
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub upstream: Upstream,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            upstream: Upstream::default(),
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Issued, Failed>>>;
 
 /// The broker. Cheap to clone; clones share caches and in-flight loads.
 #[derive(Clone)]
@@ -199,7 +216,7 @@ impl Broker {
 
     /// A token for `profile_name` that stays valid at least `min_validity`
     /// seconds (as far as Entra's token lifetime allows).
-    pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Error> {
+    pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Failed> {
         let inner = &self.inner;
         let profile = inner
             .profiles
@@ -209,7 +226,8 @@ impl Broker {
             return Err(Error::InvalidRequest(format!(
                 "min_validity must be at most {MAX_MIN_VALIDITY_SECS} seconds: Entra's tokens \
                  live 60 to 90 minutes"
-            )));
+            ))
+            .into());
         }
         let key = CacheKey::for_profile(profile);
         let now = inner.clock.now_unix();
@@ -230,19 +248,19 @@ impl Broker {
                         }
                         Ok(issued)
                     }
-                    Err(err) => {
+                    Err(failed) => {
                         tracing::warn!(
                             profile = profile_name,
-                            error = %err,
-                            aadsts = err.aadsts(),
+                            error = %failed.error,
+                            aadsts = failed.error.aadsts(),
                             remaining_secs = old.remaining(now),
                             "refresh failed; serving the still-valid token"
                         );
                         Ok(Issued {
                             token: old,
                             outcome: CacheOutcome::Stale,
-                            upstream: Upstream::default(),
-                            absorbed_error: Some(err),
+                            upstream: failed.upstream,
+                            absorbed_error: Some(failed.error),
                         })
                     }
                 }
@@ -257,7 +275,7 @@ impl Broker {
         profile: &Profile,
         key: &CacheKey,
         min_validity: u64,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Issued, Failed> {
         // A joined flight may have been started with a laxer `min_validity`
         // and served from a cache tier; then one more round is needed.
         for _round in 0..2 {
@@ -316,7 +334,7 @@ impl Inner {
         profile: &Profile,
         key: &CacheKey,
         min_validity: u64,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Issued, Failed> {
         let now = self.clock.now_unix();
         let served = |token: CachedToken, outcome, upstream| Issued {
             token,
@@ -396,7 +414,10 @@ impl Inner {
                         absorbed_error: Some(err),
                     })
                 }
-                None => Err(err),
+                None => Err(Failed {
+                    error: err,
+                    upstream,
+                }),
             },
         }
     }
@@ -671,6 +692,12 @@ mod tests {
     }
 
     impl Rig {
+        async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Error> {
+            self.broker
+                .token(name, min_validity)
+                .await
+                .map_err(|f| f.error)
+        }
         fn entra_calls(&self) -> u32 {
             self.entra.calls.load(Ordering::SeqCst)
         }
@@ -682,16 +709,16 @@ mod tests {
     #[tokio::test]
     async fn hits_never_call_kms_or_entra() {
         let r = rig(vec![], Duration::ZERO);
-        let first = r.broker.token("graph", 0).await.unwrap();
+        let first = r.token("graph", 0).await.unwrap();
         assert_eq!(first.outcome, CacheOutcome::Miss);
         for _ in 0..100 {
-            let again = r.broker.token("graph", 0).await.unwrap();
+            let again = r.token("graph", 0).await.unwrap();
             assert_eq!(again.outcome, CacheOutcome::Hit);
             assert_eq!(again.token, first.token);
         }
         assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
         assert!(matches!(
-            r.broker.token("nope", 0).await,
+            r.token("nope", 0).await,
             Err(Error::UnknownProfile(_))
         ));
     }
@@ -699,7 +726,7 @@ mod tests {
     #[tokio::test]
     async fn refreshes_ahead_with_a_jittered_margin() {
         let r = rig(vec![], Duration::ZERO);
-        let first = r.broker.token("graph", 0).await.unwrap();
+        let first = r.token("graph", 0).await.unwrap();
         let refresh_on = first.token.refresh_on;
         // Margin 300 s, jitter at most a fifth of it.
         assert!(
@@ -708,11 +735,11 @@ mod tests {
         );
         r.clock.set(refresh_on - 1);
         assert_eq!(
-            r.broker.token("graph", 0).await.unwrap().outcome,
+            r.token("graph", 0).await.unwrap().outcome,
             CacheOutcome::Hit
         );
         r.clock.set(refresh_on);
-        let refreshed = r.broker.token("graph", 0).await.unwrap();
+        let refreshed = r.token("graph", 0).await.unwrap();
         assert_eq!(refreshed.outcome, CacheOutcome::Refreshed);
         assert_ne!(refreshed.token, first.token);
         assert_eq!(r.entra_calls(), 2);
@@ -721,14 +748,14 @@ mod tests {
     #[tokio::test]
     async fn a_failed_refresh_serves_the_still_valid_token() {
         let r = rig(vec![], Duration::ZERO);
-        let first = r.broker.token("graph", 0).await.unwrap();
+        let first = r.token("graph", 0).await.unwrap();
         r.entra
             .script
             .lock()
             .unwrap()
             .push_back(entra_error(400, Some(700213), None));
         r.clock.set(first.token.refresh_on + 10);
-        let served = r.broker.token("graph", 0).await.unwrap();
+        let served = r.token("graph", 0).await.unwrap();
         assert_eq!(served.outcome, CacheOutcome::Stale);
         assert_eq!(served.token, first.token);
         assert_eq!(
@@ -742,7 +769,6 @@ mod tests {
             .unwrap()
             .push_back(entra_error(400, Some(700213), None));
         let err = r
-            .broker
             .token("graph", first.token.remaining(r.clock.now_unix()) + 1)
             .await
             .unwrap_err();
@@ -752,9 +778,9 @@ mod tests {
     #[tokio::test]
     async fn min_validity_forces_a_fresh_token() {
         let r = rig(vec![], Duration::ZERO);
-        r.broker.token("graph", 0).await.unwrap();
+        r.token("graph", 0).await.unwrap();
         r.clock.advance(3000); // 599 s left, refresh due
-        let issued = r.broker.token("graph", 1000).await.unwrap();
+        let issued = r.token("graph", 1000).await.unwrap();
         assert_eq!(
             issued.outcome,
             CacheOutcome::Miss,
@@ -762,7 +788,7 @@ mod tests {
         );
         assert!(issued.token.remaining(r.clock.now_unix()) >= 1000);
         assert!(matches!(
-            r.broker.token("graph", MAX_MIN_VALIDITY_SECS + 1).await,
+            r.token("graph", MAX_MIN_VALIDITY_SECS + 1).await,
             Err(Error::InvalidRequest(_))
         ));
     }
@@ -770,7 +796,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_misses_share_one_sign_and_one_exchange() {
         let r = rig(vec![], Duration::from_millis(50));
-        let calls: Vec<_> = (0..1000).map(|_| r.broker.token("graph", 0)).collect();
+        let calls: Vec<_> = (0..1000).map(|_| r.token("graph", 0)).collect();
         let results = futures_util::future::join_all(calls).await;
         let tokens: std::collections::HashSet<String> = results
             .iter()
@@ -791,8 +817,7 @@ mod tests {
             vec![entra_error(401, Some(700213), None)],
             Duration::from_millis(20),
         );
-        let results =
-            futures_util::future::join_all((0..50).map(|_| r.broker.token("graph", 0))).await;
+        let results = futures_util::future::join_all((0..50).map(|_| r.token("graph", 0))).await;
         assert!(
             results
                 .iter()
@@ -801,7 +826,7 @@ mod tests {
         assert_eq!(r.entra_calls(), 1, "one failed exchange, shared; not 50");
         // The failure is not cached: the next request tries again.
         assert_eq!(
-            r.broker.token("graph", 0).await.unwrap().outcome,
+            r.token("graph", 0).await.unwrap().outcome,
             CacheOutcome::Miss
         );
     }
@@ -816,7 +841,7 @@ mod tests {
             ],
             Duration::ZERO,
         );
-        let issued = r.broker.token("graph", 0).await.unwrap();
+        let issued = r.token("graph", 0).await.unwrap();
         assert_eq!(issued.upstream.entra_calls, 4);
         assert_eq!((r.sign_calls(), r.entra_calls()), (4, 4));
     }
@@ -825,7 +850,7 @@ mod tests {
     async fn never_retries_configuration_errors() {
         for code in crate::CONFIGURATION_AADSTS {
             let r = rig(vec![entra_error(401, Some(code), None)], Duration::ZERO);
-            let err = r.broker.token("graph", 0).await.unwrap_err();
+            let err = r.token("graph", 0).await.unwrap_err();
             assert_eq!(err.aadsts(), Some(code));
             assert_eq!(err.api_status().0, http::StatusCode::BAD_GATEWAY);
             assert_eq!(r.entra_calls(), 1, "AADSTS{code} must not be retried");
@@ -838,13 +863,13 @@ mod tests {
             (0..10).map(|_| entra_error(503, None, None)).collect(),
             Duration::ZERO,
         );
-        let err = r.broker.token("graph", 0).await.unwrap_err();
+        let err = r.token("graph", 0).await.unwrap_err();
         assert_eq!(err.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.entra_calls(), 4);
 
         let r = rig(vec![entra_error(429, None, Some(60))], Duration::ZERO);
         let started = Instant::now();
-        let err = r.broker.token("graph", 0).await.unwrap_err();
+        let err = r.token("graph", 0).await.unwrap_err();
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "does not sleep past the deadline"

@@ -4,3 +4,24 @@
 pub mod aws;
 pub mod logs;
 pub mod python;
+pub mod rig;
+
+/// An API Gateway REST event from `signer/tests/fixtures`, edited by `edit`,
+/// as the Lambda runtime hands it to the function.
+pub fn event(fixture: &str, edit: impl FnOnce(&mut serde_json::Value)) -> lambda_http::Request {
+    let path = format!(
+        "{}/../signer/tests/fixtures/{fixture}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut value);
+    lambda_http::request::from_str(&value.to_string()).expect("a valid REST event")
+}
+
+/// Sets the `{profile}` of a REST event as API Gateway would.
+pub fn with_profile(event: &mut serde_json::Value, raw: &str) {
+    event["path"] = serde_json::json!(format!("/token/{raw}"));
+    event["pathParameters"] = serde_json::json!({ "profile": raw });
+    event["requestContext"]["path"] = serde_json::json!(format!("/prod/token/{raw}"));
+}

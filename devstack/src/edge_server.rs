@@ -1,0 +1,110 @@
+//! The edge core (crate `aws2azure-edge`, the same code the Worker runs) on
+//! a local HTTP server: the issuer's discovery document and key set for
+//! `aws2azure dev` and for tests that do not need workerd.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use aws2azure_edge::{Allowlist, EdgeConfig, EdgeRequest, KeyDocument, handle};
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::jwk::JwkSet;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+
+use crate::{Error, Server};
+
+/// A running local edge; the key set it serves can be replaced.
+pub struct EdgeServer {
+    server: Server,
+    issuer: Issuer,
+    keys: Arc<RwLock<Option<KeyDocument>>>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    config: Arc<EdgeConfig>,
+    allowlist: Arc<Allowlist>,
+    keys: Arc<RwLock<Option<KeyDocument>>>,
+}
+
+impl EdgeServer {
+    /// Binds `addr`, then configures the edge with the issuer `issuer_for`
+    /// derives from the bound address (so port 0 works), serving `keys`.
+    /// The allowlist is off: loopback clients are not Azure AD.
+    pub async fn start(
+        addr: SocketAddr,
+        issuer_for: impl FnOnce(SocketAddr) -> String,
+        keys: Option<&JwkSet>,
+    ) -> Result<Self, Error> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let issuer_url = issuer_for(bound);
+        let config = EdgeConfig::from_vars(|name| match name {
+            aws2azure_edge::ISSUER => Some(issuer_url.clone()),
+            aws2azure_edge::ALLOWLIST_MODE => Some("off".to_string()),
+            _ => None,
+        })
+        .map_err(|e| Error::Edge(e.to_string()))?;
+        let issuer = config.issuer().clone();
+        let keys = Arc::new(RwLock::new(keys.cloned().map(KeyDocument::from_key_set)));
+        let shared = Shared {
+            config: Arc::new(config),
+            allowlist: aws2azure_edge::builtin_allowlist(),
+            keys: keys.clone(),
+        };
+        let router = Router::new().fallback(serve).with_state(shared);
+        let server = Server::from_listener(listener, router, true)?;
+        Ok(Self {
+            server,
+            issuer,
+            keys,
+        })
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Publishes another key set (`None`: no key document at all).
+    pub fn set_keys(&self, keys: Option<&JwkSet>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) =
+            keys.cloned().map(KeyDocument::from_key_set);
+    }
+
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+async fn serve(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let keys = shared
+        .keys
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let peer = peer.ip().to_string();
+    let edge_request = EdgeRequest::from_http(&request).with_client_address(Some(&peer));
+    let handled = handle(
+        &shared.config,
+        &shared.allowlist,
+        keys.as_ref(),
+        &edge_request,
+    );
+    tracing::debug!(target: "aws2azure::edge", "{}", handled.log.to_json());
+    let (parts, body) = handled.response.into_parts();
+    Response::from_parts(parts, Body::from(body))
+}

@@ -1,0 +1,107 @@
+//! A whole local federation: the edge core serving the issuer's discovery
+//! document and key set over HTTP, the Entra-compatible endpoint trusting
+//! that issuer, and a broker whose signer's key the edge publishes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws2azure_devstack::edge_server::EdgeServer;
+use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
+use aws2azure_devstack::{Server, loopback};
+use aws2azure_shared::jwk::JwkSet;
+use aws2azure_shared::profile::Profiles;
+use aws2azure_signer::broker::{Broker, BrokerSettings};
+use aws2azure_signer::cache::SharedCache;
+use aws2azure_signer::clock::SystemClock;
+use aws2azure_signer::entra::EntraClient;
+use aws2azure_signer::signing::AssertionSigner;
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const CLIENT: &str = "00000000-1111-2222-3333-444444444444";
+pub const SUBJECT: &str = "aws2azure:graph";
+pub const SCOPE: &str = "https://graph.microsoft.com/.default";
+
+pub struct Federation {
+    pub edge: EdgeServer,
+    pub entra: EntraStandIn,
+    pub entra_server: Server,
+}
+
+impl Federation {
+    /// Starts the edge (issuer `http://127.0.0.1:PORT`) publishing
+    /// `signer`'s key, and Entra trusting `(issuer, SUBJECT)` for CLIENT.
+    pub async fn start(signer: &dyn AssertionSigner) -> Self {
+        let jwk = signer.public_key().await.expect("signer has a key");
+        let keys = JwkSet::new(vec![jwk]).unwrap();
+        let edge = EdgeServer::start(loopback(), |addr| format!("http://{addr}"), Some(&keys))
+            .await
+            .unwrap();
+        Self::with_edge(edge).await
+    }
+
+    pub async fn with_edge(edge: EdgeServer) -> Self {
+        let issuer = edge.issuer().as_str().to_string();
+        Self::with_issuer(edge, &issuer).await
+    }
+
+    /// Entra trusting `issuer` (which need not be the edge's: a mismatch
+    /// is how the issuer-mismatch failure is produced).
+    pub async fn with_issuer(edge: EdgeServer, issuer: &str) -> Self {
+        let entra = EntraStandIn::new(EntraConfig::new(vec![FederatedCredential {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            issuer: issuer.into(),
+            subject: SUBJECT.into(),
+            audience: aws2azure_shared::assertion::AUDIENCE.into(),
+        }]));
+        let entra_server = entra.clone().serve(loopback()).await.unwrap();
+        Self {
+            edge,
+            entra,
+            entra_server,
+        }
+    }
+
+    pub fn authority(&self) -> String {
+        self.entra_server.url()
+    }
+
+    /// Profiles: `graph` (trusted), `wrong-subject` (a subject Entra has no
+    /// credential for), `unknown-app` (a client id Entra does not know).
+    pub fn profiles(&self) -> Profiles {
+        let authority = self.authority();
+        Profiles::from_json(&format!(
+            r#"{{
+              "graph": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
+                         "subject": "{SUBJECT}", "authority": "{authority}"}},
+              "wrong-subject": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
+                         "subject": "aws2azure:Graph", "authority": "{authority}"}},
+              "unknown-app": {{"tenant_id": "{TENANT}", "client_id": "99999999-1111-2222-3333-444444444444",
+                         "scope": "{SCOPE}", "subject": "{SUBJECT}", "authority": "{authority}"}}
+            }}"#
+        ))
+        .unwrap()
+    }
+
+    /// A broker for this federation with fast retries, so fault tests run
+    /// in seconds.
+    pub fn broker(
+        &self,
+        signer: Arc<dyn AssertionSigner>,
+        shared: Option<Arc<dyn SharedCache>>,
+        attempt_timeout: Duration,
+    ) -> Broker {
+        let mut settings = BrokerSettings::new(self.edge.issuer().clone());
+        settings.backoff_base = Duration::from_millis(20);
+        settings.backoff_max = Duration::from_millis(100);
+        settings.exchange_deadline = Duration::from_secs(3);
+        Broker::new(
+            self.profiles(),
+            settings,
+            signer,
+            Arc::new(EntraClient::new(attempt_timeout).unwrap()),
+            shared,
+            Arc::new(SystemClock),
+        )
+    }
+}
