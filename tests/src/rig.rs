@@ -66,21 +66,8 @@ impl Federation {
         self.entra_server.url()
     }
 
-    /// Profiles: `graph` (trusted), `wrong-subject` (a subject Entra has no
-    /// credential for), `unknown-app` (a client id Entra does not know).
     pub fn profiles(&self) -> Profiles {
-        let authority = self.authority();
-        Profiles::from_json(&format!(
-            r#"{{
-              "graph": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
-                         "subject": "{SUBJECT}", "authority": "{authority}"}},
-              "wrong-subject": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
-                         "subject": "aws2azure:Graph", "authority": "{authority}"}},
-              "unknown-app": {{"tenant_id": "{TENANT}", "client_id": "99999999-1111-2222-3333-444444444444",
-                         "scope": "{SCOPE}", "subject": "{SUBJECT}", "authority": "{authority}"}}
-            }}"#
-        ))
-        .unwrap()
+        profiles(&self.authority())
     }
 
     /// A broker for this federation with fast retries, so fault tests run
@@ -104,4 +91,20 @@ impl Federation {
             Arc::new(SystemClock),
         )
     }
+}
+
+/// Profiles: `graph` (trusted), `wrong-subject` (a subject Entra has no
+/// credential for), `unknown-app` (a client id Entra does not know).
+pub fn profiles(authority: &str) -> Profiles {
+    Profiles::from_json(&format!(
+        r#"{{
+          "graph": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
+                     "subject": "{SUBJECT}", "authority": "{authority}"}},
+          "wrong-subject": {{"tenant_id": "{TENANT}", "client_id": "{CLIENT}", "scope": "{SCOPE}",
+                     "subject": "aws2azure:Graph", "authority": "{authority}"}},
+          "unknown-app": {{"tenant_id": "{TENANT}", "client_id": "99999999-1111-2222-3333-444444444444",
+                     "scope": "{SCOPE}", "subject": "{SUBJECT}", "authority": "{authority}"}}
+        }}"#
+    ))
+    .unwrap()
 }

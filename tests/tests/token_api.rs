@@ -511,3 +511,63 @@ async fn a_thousand_concurrent_cold_requests_make_one_sign_and_one_exchange() {
     assert_eq!(proxy.calls("TrentService.Sign"), 1, "one KMS Sign");
     assert_eq!(fed.entra.stats().token_requests, 1, "one Entra call");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_sharing_one_table_make_one_entra_call() {
+    let moto = MotoServer::shared();
+    let config = moto.sdk_config().await;
+    let kms = aws_sdk_kms::Client::new(&config);
+    let alias = format!("alias/{}", unique("four"));
+    create_signing_key(&kms, &alias).await;
+    let table = unique("four-tokens");
+    create_cache_table(&aws_sdk_dynamodb::Client::new(&config), &table).await;
+    let signer = KmsSigner::new(kms, &alias, Arc::new(SystemClock));
+    let fed = Federation::start(&signer).await;
+
+    let start_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_000;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_stampede_worker"))
+                .args([
+                    moto.endpoint(),
+                    table.clone(),
+                    alias.clone(),
+                    fed.edge.issuer().to_string(),
+                    fed.authority(),
+                    "250".to_string(),
+                    start_at.to_string(),
+                ])
+                .output()
+        })
+        .collect();
+    let outputs = futures_util::future::join_all(workers).await;
+    let mut digests = std::collections::BTreeSet::new();
+    let mut served = 0;
+    for output in outputs {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (outcome, count) in report["outcomes"].as_object().unwrap() {
+            assert!(!outcome.starts_with("error"), "{report}");
+            served += count.as_u64().unwrap();
+        }
+        for d in report["token_digests"].as_array().unwrap() {
+            digests.insert(d.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(served, 1000);
+    assert_eq!(digests.len(), 1, "every process served the same token");
+    assert_eq!(
+        fed.entra.stats().token_requests,
+        1,
+        "one Entra call across four processes"
+    );
+}
