@@ -1,0 +1,213 @@
+//! The real `bootstrap` binary as a process, polling a local Lambda Runtime
+//! API: init from the environment (KMS and DynamoDB in moto, Entra and the
+//! edge from the devstack), real REST events in, API Gateway responses out,
+//! JSON logs and EMF metrics on stdout.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws2azure_devstack::edge_server::EdgeServer;
+use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
+use aws2azure_devstack::lambda_runtime_api::{Outcome, RuntimeApi};
+use aws2azure_devstack::loopback;
+use aws2azure_devstack::moto::MotoServer;
+use aws2azure_shared::jwk::{Jwk, JwkSet};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CLIENT: &str = "00000000-1111-2222-3333-444444444444";
+const EVENT: &str = include_str!("fixtures/rest-iam-user.json");
+
+fn lambda_env(runtime_api: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "aws2azure-broker".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
+    let moto = MotoServer::shared();
+    let config = moto.sdk_config().await;
+    let kms = aws_sdk_kms::Client::new(&config);
+    let key = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    let key_id = key.key_metadata().unwrap().key_id().to_string();
+    kms.create_alias()
+        .alias_name("alias/bootstrap-test")
+        .target_key_id(&key_id)
+        .send()
+        .await
+        .unwrap();
+    let public = kms.get_public_key().key_id(&key_id).send().await.unwrap();
+    let jwk = Jwk::from_spki_der(public.public_key().unwrap().as_ref()).unwrap();
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    ddb.create_table()
+        .table_name("bootstrap-tokens")
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let edge = EdgeServer::start(
+        loopback(),
+        |a| format!("http://{a}"),
+        Some(&JwkSet::new(vec![jwk]).unwrap()),
+    )
+    .await
+    .unwrap();
+    let entra = EntraStandIn::new(EntraConfig::new(vec![FederatedCredential {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        issuer: edge.issuer().to_string(),
+        subject: "aws2azure:graph".into(),
+        audience: "api://AzureADTokenExchange".into(),
+    }]));
+    let entra_server = entra.clone().serve(loopback()).await.unwrap();
+    let runtime = RuntimeApi::default();
+    let runtime_server = runtime.serve(loopback()).await.unwrap();
+
+    let profiles = json!({"graph": {"tenant_id": TENANT, "client_id": CLIENT,
+        "scope": "https://graph.microsoft.com/.default", "subject": "aws2azure:graph",
+        "authority": entra_server.url()}});
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+        .envs(lambda_env(&runtime_server.addr().to_string()))
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS2AZURE_ISSUER", edge.issuer().as_str())
+        .env("AWS2AZURE_PROFILES", profiles.to_string())
+        .env("AWS2AZURE_KMS_KEY", "alias/bootstrap-test")
+        .env("AWS2AZURE_CACHE_TABLE", "bootstrap-tokens")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    while runtime.first_poll().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bootstrap never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let event: Value = serde_json::from_str(EVENT).unwrap();
+    let mut tokens = vec![];
+    for _ in 0..2 {
+        let Some(Outcome::Response(response)) =
+            runtime.invoke(event.clone(), Duration::from_secs(20)).await
+        else {
+            panic!("no response from the function");
+        };
+        assert_eq!(response["statusCode"], 200, "{response}");
+        let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["profile"], "graph");
+        tokens.push(body["access_token"].as_str().unwrap().to_string());
+        let headers = &response["multiValueHeaders"];
+        assert_eq!(headers["cache-control"][0], "no-store", "{response}");
+    }
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(entra.stats().token_requests, 1);
+
+    // Unknown profile: a 404 document, not a function error.
+    let mut unknown = event.clone();
+    unknown["pathParameters"]["profile"] = json!("nope");
+    let Some(Outcome::Response(response)) = runtime.invoke(unknown, Duration::from_secs(10)).await
+    else {
+        panic!("no response");
+    };
+    assert_eq!(response["statusCode"], 404);
+
+    child.start_kill().unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let audit: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "token request")
+        .collect();
+    assert_eq!(audit.len(), 3, "{stdout}");
+    assert_eq!(audit[0]["fields"]["cache"], "miss");
+    assert_eq!(audit[1]["fields"]["cache"], "hit");
+    assert_eq!(audit[2]["fields"]["status"], 404);
+    let emf: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    assert_eq!(emf.len(), 3, "one metrics document per request");
+    assert_eq!(emf[1]["CacheHit"], 1);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "KMS signing key resolved")
+    );
+    for token in &tokens {
+        assert!(
+            !stdout.contains(token.as_str()),
+            "no token in the function's output"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_setting_fails_init_with_one_line_naming_it() {
+    let runtime = RuntimeApi::default();
+    let server = runtime.serve(loopback()).await.unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+        .envs(lambda_env(&server.addr().to_string()))
+        .env("AWS2AZURE_ISSUER", "http://issuer.example.com")
+        .env("AWS2AZURE_PROFILES", "{}")
+        .env("AWS2AZURE_KMS_KEY", "alias/x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("an error line: {stdout}"));
+    assert_eq!(line["fields"]["message"], "invalid configuration");
+    let error = line["fields"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("AWS2AZURE_ISSUER") && error.contains("https"),
+        "{error}"
+    );
+    assert!(
+        runtime.first_poll().is_none(),
+        "never served half-configured"
+    );
+}
