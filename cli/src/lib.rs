@@ -1,8 +1,13 @@
 //! The `aws2azure` command's subcommands, as a library so that each is
-//! testable and usable from Rust code.
+//! testable and usable from Rust code (the token client above all).
 
 pub mod allowlist;
+pub mod azure;
+pub mod config;
+pub mod dev;
+pub mod doctor;
 mod error;
+pub mod keys;
 pub mod token;
 
 pub use error::{Error, ExitCode};

@@ -1,11 +1,17 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process;
+use std::time::Duration;
 
-use aws2azure_cli::{Error, ExitCode, allowlist};
+use aws2azure_cli::config::CliConfig;
+use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, doctor, keys, token};
 use aws2azure_shared::service_tags::DEFAULT_TAG;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// aws2azure: Entra ID access tokens for AWS workloads, with no Azure secret.
+///
+/// Exit codes: 0 success, 1 the operation ran and failed (a check failed,
+/// the API refused), 2 wrong command line, input or local setup.
 #[derive(Parser)]
 #[command(name = "aws2azure", version, propagate_version = true)]
 struct Cli {
@@ -15,29 +21,188 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Turn Microsoft's Service Tags download into the edge's allowlist document.
+    Dev(DevArgs),
+    Token(TokenArgs),
+    Doctor(DoctorArgs),
+    Allowlist(AllowlistArgs),
+    Azure(AzureArgs),
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// Run the whole federation loop on loopback: edge, token API behind a
+/// SigV4-verifying gateway, Entra stand-in; then fetch a token and show each step.
+///
+/// Nothing to configure and no cloud account: a signing key is generated for
+/// the run and the default profile `graph` is used unless --config names
+/// others. Prints the local credentials to export, then serves until Ctrl-C.
+///
+/// Example:
+///   aws2azure dev
+///   aws2azure dev --gateway 127.0.0.1:9000 --config aws2azure.toml
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct DevArgs {
+    /// Address of the edge (the issuer is http://ADDR).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    edge: SocketAddr,
+    /// Address of the token API gateway (endpoint http://ADDR/dev).
+    #[arg(long, default_value = "127.0.0.1:8790")]
+    gateway: SocketAddr,
+    /// Address of the Entra-compatible endpoint.
+    #[arg(long, default_value = "127.0.0.1:8788")]
+    entra: SocketAddr,
+    /// Region the gateway expects in signatures.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// A configuration file with [profiles.NAME] tables (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stop after fetching the demonstration token.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Get an Entra access token for PROFILE from the token API, signed with
+/// the AWS credentials of the environment (env, profile, SSO, web identity,
+/// ECS or EC2 metadata).
+///
+/// Prints the token alone (for `Authorization: Bearer $(aws2azure token ...)`)
+/// or, with --json, the API's whole answer. Reuses a token cached on disk
+/// while it has more than --min-validity seconds left.
+///
+/// Example:
+///   aws2azure token graph --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod
+///   curl -H "Authorization: Bearer $(aws2azure token graph)" https://graph.microsoft.com/v1.0/organization
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct TokenArgs {
+    /// The profile to get a token for.
+    profile: String,
+    /// Base URL of the token API, stage included.
+    #[arg(long, env = "AWS2AZURE_ENDPOINT")]
+    endpoint: String,
+    /// Region of the API (default: from the endpoint's host, else AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Seconds the token must stay valid.
+    #[arg(long, default_value_t = 300)]
+    min_validity: u64,
+    /// Print the API's JSON answer instead of the bare token.
+    #[arg(long)]
+    json: bool,
+    /// Do not read or write the on-disk cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Where cached tokens live (default $XDG_CACHE_HOME/aws2azure).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+/// Check an issuer the way Entra will use it: discovery document, byte-exact
+/// issuer, key set, keys, cache headers.
+///
+/// Exits 1 when a check fails.
+///
+/// Example:
+///   aws2azure doctor https://issuer.example.com --kid NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs
+///   aws2azure doctor http://127.0.0.1:8787 --allow-http
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct DoctorArgs {
+    /// The issuer URL exactly as in the federated credential.
+    issuer_url: String,
+    /// A key id that must be published.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Accept plain http on loopback (an `aws2azure dev` edge).
+    #[arg(long)]
+    allow_http: bool,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for each request.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+/// Turn Microsoft's Service Tags download into the edge's allowlist document.
+///
+/// Example:
+///   aws2azure allowlist ServiceTags_Public_20261123.json --current allowlist.json --output allowlist.json
+///   wrangler kv key put --binding EDGE_KV allowlist "$(cat allowlist.json)"
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct AllowlistArgs {
+    /// The Service Tags file (ServiceTags_Public_YYYYMMDD.json) or one tag's entry.
+    service_tags_file: PathBuf,
+    /// The service tag to take.
+    #[arg(long, default_value = DEFAULT_TAG)]
+    tag: String,
+    /// The allowlist document in use now, to report what changes.
+    #[arg(long)]
+    current: Option<PathBuf>,
+    /// Write the document here instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AzureFormat {
+    Az,
+    Bicep,
+    Terraform,
+    All,
+}
+
+/// Print the Entra side of a profile: the federated credential to create,
+/// as an `az` command, Bicep or Terraform.
+///
+/// Example:
+///   aws2azure azure graph --config aws2azure.toml
+///   aws2azure azure graph --config aws2azure.toml --issuer https://issuer.example.com --format terraform
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct AzureArgs {
+    /// The profile.
+    profile: String,
+    /// The configuration file with the profile (TOML).
+    #[arg(long, default_value = "aws2azure.toml")]
+    config: PathBuf,
+    /// The issuer (default: `issuer` of the configuration file).
+    #[arg(long)]
+    issuer: Option<String>,
+    #[arg(long, value_enum, default_value = "all")]
+    format: AzureFormat,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the key set document for the edge, from KMS keys and/or PEM files.
     ///
     /// Example:
-    ///   aws2azure allowlist ServiceTags_Public_20261123.json --current allowlist.json --output allowlist.json
+    ///   aws2azure keys export --kms-key alias/aws2azure-current --kms-key alias/aws2azure-next > jwks.json
+    ///   wrangler kv key put --binding EDGE_KV jwks "$(cat jwks.json)"
     #[command(verbatim_doc_comment)]
-    Allowlist {
-        /// The Service Tags file (ServiceTags_Public_YYYYMMDD.json) or one tag's entry.
-        service_tags_file: PathBuf,
-        /// The service tag to take.
-        #[arg(long, default_value = DEFAULT_TAG)]
-        tag: String,
-        /// The allowlist document in use now, to report what changes.
+    Export {
+        /// A KMS key id, ARN or alias (repeatable; the current key first).
+        #[arg(long = "kms-key")]
+        kms_keys: Vec<String>,
+        /// A PEM public or private RSA key (repeatable).
+        #[arg(long = "pem")]
+        pem_files: Vec<PathBuf>,
         #[arg(long)]
-        current: Option<PathBuf>,
-        /// Write the document here instead of standard output.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
+        region: Option<String>,
     },
 }
 
 fn main() {
     let cli = Cli::parse();
-    let code = match run(cli) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
@@ -47,16 +212,72 @@ fn main() {
     process::exit(code as i32);
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Error> {
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Allowlist {
-            service_tags_file,
-            tag,
-            current,
-            output,
-        } => {
-            let doc = allowlist::from_service_tags(&service_tags_file, &tag)?;
-            let change = match &current {
+        Command::Dev(args) => {
+            let profiles = args
+                .config
+                .as_deref()
+                .map(CliConfig::load)
+                .transpose()?
+                .map(|c| c.profiles);
+            dev::run(dev::DevOptions {
+                edge: args.edge,
+                gateway: args.gateway,
+                entra: args.entra,
+                region: args.region,
+                profiles,
+                once: args.once,
+            })
+            .await?;
+            Ok(ExitCode::Ok)
+        }
+        Command::Token(args) => {
+            let client = token::TokenClient::from_env(&args.endpoint, args.region.as_deref())
+                .await?
+                .with_cache_dir(if args.no_cache {
+                    None
+                } else {
+                    args.cache_dir.or_else(token::default_cache_dir)
+                });
+            let token = client.token(&args.profile, args.min_validity).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&token).expect("serialises")
+                );
+            } else {
+                println!("{}", token.access_token);
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Doctor(args) => {
+            let report = doctor::check(
+                &args.issuer_url,
+                &doctor::Options {
+                    allow_http: args.allow_http,
+                    kid: args.kid,
+                    timeout: Duration::from_secs(args.timeout),
+                },
+            )
+            .await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialises")
+                );
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(if report.passed() {
+                ExitCode::Ok
+            } else {
+                ExitCode::Failed
+            })
+        }
+        Command::Allowlist(args) => {
+            let doc = allowlist::from_service_tags(&args.service_tags_file, &args.tag)?;
+            let change = match &args.current {
                 Some(path) => Some(allowlist::Change::between(
                     &allowlist::read_current(path)?,
                     &doc,
@@ -64,7 +285,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 None => None,
             };
             let json = doc.to_json_pretty() + "\n";
-            match &output {
+            match &args.output {
                 Some(path) => std::fs::write(path, json).map_err(|source| Error::Write {
                     path: path.display().to_string(),
                     source,
@@ -72,6 +293,67 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 None => print!("{json}"),
             }
             eprint!("{}", allowlist::summary(&doc, change.as_ref()));
+            Ok(ExitCode::Ok)
+        }
+        Command::Azure(args) => {
+            let config = CliConfig::load(&args.config)?;
+            let issuer = match args.issuer {
+                Some(url) => aws2azure_shared::discovery::Issuer::parse(&url)
+                    .map_err(|e| Error::Usage(e.to_string()))?,
+                None => config.issuer.clone().ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no issuer: pass --issuer or set `issuer` in {}",
+                        args.config.display()
+                    ))
+                })?,
+            };
+            let profile = config.profiles.get(&args.profile).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no profile `{}` in {} (it has: {})",
+                    args.profile,
+                    args.config.display(),
+                    config
+                        .profiles
+                        .iter()
+                        .map(|p| p.name.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            let all = matches!(args.format, AzureFormat::All);
+            if all {
+                println!(
+                    "# Federated credential for profile `{}`: issuer, subject and audience must match the assertion exactly.\n# An app registration holds at most 20 federated credentials.\n",
+                    profile.name
+                );
+            }
+            if all || matches!(args.format, AzureFormat::Az) {
+                if all {
+                    println!("# Azure CLI");
+                }
+                println!("{}", azure::az_command(profile, &issuer));
+            }
+            if all || matches!(args.format, AzureFormat::Bicep) {
+                if all {
+                    println!("\n# Bicep (Microsoft Graph extension)");
+                }
+                print!("{}", azure::bicep(profile, &issuer));
+            }
+            if all || matches!(args.format, AzureFormat::Terraform) {
+                if all {
+                    println!("\n# Terraform (azuread)");
+                }
+                print!("{}", azure::terraform(profile, &issuer));
+            }
+            Ok(ExitCode::Ok)
+        }
+        Command::Keys(KeysCommand::Export {
+            kms_keys,
+            pem_files,
+            region,
+        }) => {
+            let set = keys::export(&kms_keys, &pem_files, region.as_deref()).await?;
+            println!("{}", set.to_json());
             Ok(ExitCode::Ok)
         }
     }

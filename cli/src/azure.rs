@@ -1,0 +1,170 @@
+//! `aws2azure azure PROFILE`: the Entra side of a profile, as the exact
+//! `az` command and the equivalent Bicep and Terraform.
+
+use aws2azure_shared::assertion::AUDIENCE;
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::profile::Profile;
+
+/// The federated credential's name: stable per profile, within Entra's
+/// rules (letters, digits, `-`, `_`; at most 120 characters).
+pub fn credential_name(profile: &Profile) -> String {
+    let name: String = format!("aws2azure-{}", profile.name)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.chars().take(120).collect()
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// An HCL string literal: JSON escaping plus HCL's template sequences.
+fn hcl_string(s: &str) -> String {
+    json_string(s).replace("${", "$${").replace("%{", "%%{")
+}
+
+/// The `az` CLI command, with the parameters as JSON in single quotes.
+pub fn az_command(profile: &Profile, issuer: &Issuer) -> String {
+    let parameters = serde_json::json!({
+        "name": credential_name(profile),
+        "issuer": issuer.as_str(),
+        "subject": profile.subject.as_str(),
+        "audiences": [AUDIENCE],
+        "description": format!("aws2azure profile {} (scope {})", profile.name, profile.scope),
+    });
+    // The JSON holds no single quote unless a value does; escape for sh.
+    let quoted = parameters.to_string().replace('\'', r"'\''");
+    format!(
+        "az ad app federated-credential create --id {} --parameters '{quoted}'",
+        profile.client_id
+    )
+}
+
+pub fn bicep(profile: &Profile, issuer: &Issuer) -> String {
+    format!(
+        r#"extension microsoftGraphV1
+
+// The existing app registration (Application (client) ID {client}).
+resource app 'Microsoft.Graph/applications@v1.0' existing = {{
+  uniqueName: 'REPLACE-with-the-app-uniqueName'
+}}
+
+resource {ident} 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = {{
+  name: '${{app.uniqueName}}/{name}'
+  audiences: [ '{audience}' ]
+  issuer: '{issuer}'
+  subject: '{subject}'
+  description: 'aws2azure profile {profile}'
+}}
+"#,
+        client = profile.client_id,
+        ident = bicep_identifier(profile),
+        name = credential_name(profile),
+        audience = AUDIENCE,
+        issuer = bicep_escape(issuer.as_str()),
+        subject = bicep_escape(profile.subject.as_str()),
+        profile = profile.name,
+    )
+}
+
+fn bicep_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\'', "\\'")
+        .replace("${", "\\${")
+}
+
+fn bicep_identifier(profile: &Profile) -> String {
+    let mut id: String = profile
+        .name
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    id.insert_str(0, "fic_");
+    id
+}
+
+pub fn terraform(profile: &Profile, issuer: &Issuer) -> String {
+    format!(
+        r#"# azuread provider >= 3.0
+data "azuread_application" "app" {{
+  client_id = "{client}"
+}}
+
+resource "azuread_application_federated_identity_credential" "{ident}" {{
+  application_id = data.azuread_application.app.id
+  display_name   = {name}
+  description    = {description}
+  audiences      = [{audience}]
+  issuer         = {issuer}
+  subject        = {subject}
+}}
+"#,
+        client = profile.client_id,
+        ident = bicep_identifier(profile),
+        name = hcl_string(&credential_name(profile)),
+        description = hcl_string(&format!("aws2azure profile {}", profile.name)),
+        audience = hcl_string(AUDIENCE),
+        issuer = hcl_string(issuer.as_str()),
+        subject = hcl_string(profile.subject.as_str()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws2azure_shared::profile::ProfileConfig;
+
+    fn profile(subject: &str) -> Profile {
+        Profile::new(
+            "graph.v1",
+            &ProfileConfig {
+                tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+                client_id: "00000000-1111-2222-3333-444444444444".into(),
+                scope: "https://graph.microsoft.com/.default".into(),
+                subject: subject.into(),
+                authority: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn az_command_carries_issuer_subject_and_audience_exactly() {
+        let issuer = Issuer::parse("https://issuer.example.com/").unwrap();
+        let cmd = az_command(&profile("aws2azure:graph"), &issuer);
+        assert!(cmd.starts_with("az ad app federated-credential create --id 00000000-1111-2222-3333-444444444444 --parameters '"));
+        let json = cmd
+            .split_once(" --parameters '")
+            .unwrap()
+            .1
+            .trim_end_matches('\'');
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            v["issuer"], "https://issuer.example.com/",
+            "trailing slash kept"
+        );
+        assert_eq!(v["subject"], "aws2azure:graph");
+        assert_eq!(
+            v["audiences"],
+            serde_json::json!(["api://AzureADTokenExchange"])
+        );
+        assert_eq!(v["name"], "aws2azure-graph-v1");
+    }
+
+    #[test]
+    fn quotes_are_escaped_in_every_format() {
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let p = profile("it's ${x}");
+        assert!(az_command(&p, &issuer).contains(r"it'\''s"));
+        assert!(bicep(&p, &issuer).contains(r"subject: 'it\'s \${x}'"));
+        assert!(terraform(&p, &issuer).contains(r#"subject        = "it's $${x}""#));
+    }
+}

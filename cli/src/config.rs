@@ -1,0 +1,91 @@
+//! The CLI's optional configuration file (TOML): the issuer and the
+//! profiles, with the same fields as the Lambda's `AWS2AZURE_PROFILES`.
+//!
+//! ```toml
+//! issuer = "https://issuer.example.com"
+//!
+//! [profiles.graph]
+//! tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+//! client_id = "00000000-1111-2222-3333-444444444444"
+//! scope = "https://graph.microsoft.com/.default"
+//! subject = "aws2azure:graph"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::profile::{ProfileConfig, Profiles};
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    profiles: BTreeMap<String, ProfileConfig>,
+}
+
+/// A validated configuration file.
+#[derive(Clone, Debug)]
+pub struct CliConfig {
+    pub issuer: Option<Issuer>,
+    pub profiles: Profiles,
+}
+
+impl CliConfig {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Usage(msg) => Error::Usage(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let file: File = toml::from_str(text).map_err(|e| Error::Usage(e.to_string()))?;
+        let issuer = file
+            .issuer
+            .map(|i| Issuer::parse(&i))
+            .transpose()
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let profiles =
+            Profiles::from_configs(file.profiles).map_err(|e| Error::Usage(e.to_string()))?;
+        Ok(Self { issuer, profiles })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let c = CliConfig::parse(
+            r#"
+            issuer = "https://issuer.example.com/"
+            [profiles.graph]
+            tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+            client_id = "00000000-1111-2222-3333-444444444444"
+            scope = "https://graph.microsoft.com/.default"
+            subject = "aws2azure:graph"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.issuer.unwrap().as_str(), "https://issuer.example.com/");
+        assert!(c.profiles.get("graph").is_some());
+
+        let err = CliConfig::parse("[profiles.graph]\ntenant_id = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("missing field"), "{err}");
+        let err = CliConfig::parse("issuer = \"http://example.com\"\n[profiles]").unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let err = CliConfig::parse("isuer = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! `aws2azure dev`: the whole federation loop on loopback, nothing to
+//! configure. The edge core serves the issuer; the broker signs with a key
+//! generated for this run; the Entra-compatible endpoint trusts the local
+//! issuer and really validates; a gateway verifies SigV4 like API Gateway.
+//! It then fetches one token itself and narrates each step, never printing a
+//! token or an assertion whole.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws2azure_devstack::edge_server::EdgeServer;
+use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential, issued_claims};
+use aws2azure_devstack::gateway::{self, Principal};
+use aws2azure_shared::assertion::{AUDIENCE, AssertionClaims, ClientAssertion};
+use aws2azure_shared::jwk::{Jwk, JwkSet};
+use aws2azure_shared::profile::{Profile, ProfileConfig, Profiles};
+use aws2azure_signer::api::handle;
+use aws2azure_signer::broker::{Broker, BrokerSettings};
+use aws2azure_signer::clock::SystemClock;
+use aws2azure_signer::entra::EntraClient;
+use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};
+use tokio::sync::mpsc;
+
+use crate::Error;
+use crate::token::TokenClient;
+
+pub const STAGE: &str = "dev";
+pub const DEFAULT_PROFILE: &str = "graph";
+
+pub struct DevOptions {
+    pub edge: SocketAddr,
+    pub gateway: SocketAddr,
+    pub entra: SocketAddr,
+    pub region: String,
+    /// Profiles from a configuration file; `None`: the default profile.
+    pub profiles: Option<Profiles>,
+    /// Stop after the demonstration instead of serving until interrupted.
+    pub once: bool,
+}
+
+/// The embedded default profile: obviously local values that pass every
+/// validation rule.
+pub fn default_profiles() -> Profiles {
+    let mut raw = std::collections::BTreeMap::new();
+    raw.insert(
+        DEFAULT_PROFILE.to_string(),
+        ProfileConfig {
+            tenant_id: "11111111-2222-3333-4444-555555555555".into(),
+            client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
+            scope: "https://graph.microsoft.com/.default".into(),
+            subject: "aws2azure:dev:graph".into(),
+            authority: None,
+        },
+    );
+    Profiles::from_configs(raw).expect("the default profile is valid")
+}
+
+/// Wraps the signer to tell the console what it signed (claims only).
+struct Narrated {
+    inner: LocalKeySigner,
+    minted: mpsc::UnboundedSender<(AssertionClaims, String)>,
+}
+
+#[async_trait]
+impl AssertionSigner for Narrated {
+    async fn public_key(&self) -> Result<Jwk, aws2azure_signer::Error> {
+        self.inner.public_key().await
+    }
+    async fn sign_assertion(
+        &self,
+        claims: &AssertionClaims,
+    ) -> Result<ClientAssertion, aws2azure_signer::Error> {
+        let assertion = self.inner.sign_assertion(claims).await?;
+        let _ = self
+            .minted
+            .send((claims.clone(), redacted(assertion.expose())));
+        Ok(assertion)
+    }
+}
+
+/// The first characters of a credential, enough to recognise its kind.
+pub fn redacted(secret: &str) -> String {
+    format!(
+        "{}… (redacted, {} bytes)",
+        &secret[..secret.len().min(12)],
+        secret.len()
+    )
+}
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    (0..len)
+        .map(|_| alphabet[fastrand::usize(..alphabet.len())] as char)
+        .collect()
+}
+
+/// Local temporary credentials for an assumed role, accepted by this
+/// gateway only.
+fn local_principal() -> Principal {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    Principal {
+        access_key_id: format!("ASIA{}", random_string(UPPER, 16)),
+        secret_access_key: random_string(B64, 40),
+        session_token: Some(format!("IQoJb3JpZ2luX2Vj{}", random_string(B64, 120))),
+        arn: "arn:aws:sts::000000000000:assumed-role/aws2azure-dev/dev-session".into(),
+        caller: format!("AROA{}:dev-session", random_string(UPPER, 17)),
+        account_id: "000000000000".into(),
+    }
+}
+
+/// Runs the loop; returns when interrupted (or after the demo with `once`).
+pub async fn run(options: DevOptions) -> Result<(), Error> {
+    let dev = |e: &dyn std::fmt::Display| Error::Dev(e.to_string());
+    let signer = LocalKeySigner::generate().map_err(|e| dev(&e))?;
+    let jwk = signer.jwk().clone();
+    let (minted_tx, mut minted) = mpsc::unbounded_channel();
+    let signer: Arc<dyn AssertionSigner> = Arc::new(Narrated {
+        inner: signer,
+        minted: minted_tx,
+    });
+
+    let keys = JwkSet::new(vec![jwk.clone()]).map_err(|e| dev(&e))?;
+    let edge = EdgeServer::start(options.edge, |a| format!("http://{a}"), Some(&keys))
+        .await
+        .map_err(|e| dev(&e))?;
+    let issuer = edge.issuer().clone();
+
+    let configured = options.profiles.unwrap_or_else(default_profiles);
+    let credentials: Vec<FederatedCredential> = configured
+        .iter()
+        .map(|p| FederatedCredential {
+            tenant_id: p.tenant_id.to_string(),
+            client_id: p.client_id.to_string(),
+            issuer: issuer.to_string(),
+            subject: p.subject.to_string(),
+            audience: AUDIENCE.into(),
+        })
+        .collect();
+    let entra = EntraStandIn::new(EntraConfig::new(credentials));
+    let entra_server = entra
+        .clone()
+        .serve(options.entra)
+        .await
+        .map_err(|e| dev(&e))?;
+    // Every profile talks to the local stand-in: dev never calls real Entra.
+    let profiles = local_profiles(&configured, &entra_server.url())?;
+
+    let broker = Broker::new(
+        profiles.clone(),
+        BrokerSettings::new(issuer.clone()),
+        signer,
+        Arc::new(EntraClient::new(Duration::from_secs(5)).map_err(|e| dev(&e))?),
+        None,
+        Arc::new(SystemClock),
+    );
+    let principal = local_principal();
+    let function_broker = broker.clone();
+    let function: gateway::Function = Arc::new(move |request| {
+        let broker = function_broker.clone();
+        Box::pin(async move {
+            let (response, audit) = handle(&broker, &request).await;
+            eprintln!(
+                "[dev] GET /token/{} by {} -> {}{}",
+                audit.profile,
+                audit.caller.as_ref().map(|c| c.arn.as_str()).unwrap_or("?"),
+                audit.status,
+                audit
+                    .cache
+                    .map(|c| format!(" ({c})"))
+                    .or(audit.error.map(|e| format!(" ({e})")))
+                    .unwrap_or_default()
+            );
+            response
+        })
+    });
+    let gateway_server = gateway::serve(
+        options.gateway,
+        &options.region,
+        STAGE,
+        vec![principal.clone()],
+        function,
+    )
+    .await
+    .map_err(|e| dev(&e))?;
+    let endpoint = format!("{}/{STAGE}", gateway_server.url());
+
+    let first = profiles.iter().next().expect("at least one profile");
+    println!("aws2azure dev: the whole federation loop on loopback, no cloud account.\n");
+    println!("  edge (issuer)     {issuer}");
+    println!("                    discovery {}", issuer.discovery_url());
+    println!(
+        "  token API         {endpoint}   (SigV4-verifying gateway, region {})",
+        options.region
+    );
+    println!(
+        "  Entra stand-in    {}   (trusts the issuer above; validates like Entra)",
+        entra_server.url()
+    );
+    println!(
+        "  signing key       RSA {} bits, kid {} (generated for this run, in memory only)",
+        jwk.bits(),
+        jwk.kid()
+    );
+    for p in profiles.iter() {
+        println!(
+            "  profile           {}: scope {}, subject {}",
+            p.name, p.scope, p.subject
+        );
+    }
+    println!(
+        "\nLocal credentials of {} (only this gateway accepts them):\n",
+        principal.arn
+    );
+    println!("export AWS_ACCESS_KEY_ID={}", principal.access_key_id);
+    println!(
+        "export AWS_SECRET_ACCESS_KEY={}",
+        principal.secret_access_key
+    );
+    println!(
+        "export AWS_SESSION_TOKEN={}",
+        principal.session_token.as_deref().unwrap_or_default()
+    );
+    println!("export AWS_REGION={}", options.region);
+    println!("\nFetching one token through the whole loop, as a workload would:");
+
+    let client = TokenClient::new(
+        &endpoint,
+        &options.region,
+        SharedCredentialsProvider::new(Credentials::new(
+            &principal.access_key_id,
+            &principal.secret_access_key,
+            principal.session_token.clone(),
+            None,
+            "aws2azure-dev",
+        )),
+    )?;
+    let started = Instant::now();
+    let token = client.token(first.name.as_str(), 0).await?;
+    let first_ms = started.elapsed().as_millis();
+    if let Ok((claims, prefix)) = minted.try_recv() {
+        println!(
+            "  1. assertion minted   iss={} sub={} aud={} lifetime={} s jti={}\n                        {prefix}",
+            claims.iss,
+            claims.sub,
+            claims.aud,
+            claims.exp - claims.iat,
+            claims.jti
+        );
+    }
+    let stats = entra.stats();
+    println!(
+        "  2. discovery fetched  the Entra stand-in read {} and the key set over HTTP ({} + {} requests) and validated issuer, subject, audience, kid and signature",
+        issuer.discovery_url(),
+        stats.discovery_fetches,
+        stats.jwks_fetches
+    );
+    let aud = issued_claims(&token.access_token)
+        .and_then(|c| c["aud"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "  3. token issued       {} for {aud}, expires in {} s, {} ms end to end\n                        {}",
+        token.token_type,
+        token.expires_in,
+        first_ms,
+        redacted(&token.access_token)
+    );
+    let started = Instant::now();
+    let again = client.token(first.name.as_str(), 0).await?;
+    let calls = entra.stats().token_requests;
+    println!(
+        "  4. second call        {} in {} ms (Entra calls so far: {calls})",
+        if again.access_token == token.access_token && calls == 1 {
+            "served from the cache"
+        } else {
+            "fetched again"
+        },
+        started.elapsed().as_millis()
+    );
+    println!("\nTry it from another terminal, after the exports above:");
+    println!(
+        "  cargo run -q -p aws2azure-cli -- token {} --endpoint {endpoint}",
+        first.name
+    );
+    println!(
+        "  awscurl --service execute-api --region {} {endpoint}/token/{}",
+        options.region, first.name
+    );
+    println!("  cargo run -q -p aws2azure-cli -- doctor {issuer} --allow-http");
+
+    if options.once {
+        println!("\nDone (--once).");
+    } else {
+        println!("\nRunning; press Ctrl-C to stop.");
+        wait_for_signal().await;
+        println!("\nStopping.");
+    }
+    gateway_server.stop().await;
+    entra_server.stop().await;
+    edge.stop().await;
+    Ok(())
+}
+
+fn local_profiles(configured: &Profiles, authority: &str) -> Result<Profiles, Error> {
+    let raw = configured
+        .iter()
+        .map(|p: &Profile| {
+            (
+                p.name.to_string(),
+                ProfileConfig {
+                    tenant_id: p.tenant_id.to_string(),
+                    client_id: p.client_id.to_string(),
+                    scope: p.scope.to_string(),
+                    subject: p.subject.to_string(),
+                    authority: Some(authority.to_string()),
+                },
+            )
+        })
+        .collect();
+    Profiles::from_configs(raw).map_err(|e| Error::Dev(e.to_string()))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,312 @@
+//! `aws2azure doctor ISSUER_URL`: checks a deployed issuer the way Entra
+//! will use it, and says what to fix.
+
+use std::time::{Duration, Instant};
+
+use aws2azure_shared::discovery::{DiscoveryDocument, Issuer};
+use aws2azure_shared::jwk::{Jwk, MAX_KEYS, RawJwk};
+use serde::Serialize;
+
+use crate::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub issuer: String,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: impl Into<String>, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+        });
+    }
+
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// A fixed-width table, one check per line.
+    pub fn table(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut out = format!("issuer {}\n", self.issuer);
+        for c in &self.checks {
+            let tag = match c.status {
+                Status::Pass => "PASS",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            out.push_str(&format!("{tag}  {:<width$}  {}\n", c.name, c.detail));
+        }
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        if failed == 0 {
+            out.push_str("\nEntra can use this issuer. Next: `aws2azure azure PROFILE` prints the federated credential to create.\n");
+        } else {
+            out.push_str(&format!("\n{failed} check(s) failed: Entra would refuse assertions of this issuer (AADSTS50166/90061/700211). Fix them and run doctor again.\n"));
+        }
+        out
+    }
+}
+
+pub struct Options {
+    /// Accept plain http on loopback (for `aws2azure dev`).
+    pub allow_http: bool,
+    /// A key id that must be in the key set.
+    pub kid: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Runs every check it can; later checks are skipped when what they need
+/// failed (and say so).
+pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error> {
+    let mut report = Report {
+        issuer: issuer_url.to_string(),
+        ..Report::default()
+    };
+    let http = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("aws2azure-doctor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Http(e.to_string()))?;
+
+    let issuer = match Issuer::parse(issuer_url) {
+        Ok(i) => i,
+        Err(e) => {
+            report.add("issuer URL", Status::Fail, e.to_string());
+            return Ok(report);
+        }
+    };
+    if !issuer.is_https() && !options.allow_http {
+        report.add(
+            "issuer URL",
+            Status::Fail,
+            "plain http: Entra fetches issuers over https only (pass --allow-http to check a local `aws2azure dev` edge)",
+        );
+        return Ok(report);
+    }
+    report.add("issuer URL", Status::Pass, issuer.as_str());
+
+    let discovery_url = issuer.discovery_url();
+    let Some((discovery, headers)) =
+        fetch_json::<DiscoveryDocument>(&http, &discovery_url, "discovery document", &mut report)
+            .await
+    else {
+        return Ok(report);
+    };
+    cache_headers(&mut report, "discovery cache headers", &headers);
+    if discovery.issuer == issuer.as_str() {
+        report.add(
+            "issuer matches",
+            Status::Pass,
+            "discovery `issuer` is byte-identical to the URL",
+        );
+    } else {
+        report.add(
+            "issuer matches",
+            Status::Fail,
+            format!(
+                "discovery says {:?}, the URL is {:?}; Entra compares them byte for byte (trailing slash included): set the edge's ISSUER to exactly the URL in the federated credential",
+                discovery.issuer,
+                issuer.as_str()
+            ),
+        );
+    }
+    if discovery
+        .id_token_signing_alg_values_supported
+        .iter()
+        .any(|a| a == "RS256")
+    {
+        report.add(
+            "RS256 advertised",
+            Status::Pass,
+            "id_token_signing_alg_values_supported has RS256",
+        );
+    } else {
+        report.add(
+            "RS256 advertised",
+            Status::Warn,
+            "id_token_signing_alg_values_supported lacks RS256",
+        );
+    }
+    let jwks_ok = match Issuer::parse(&discovery.jwks_uri) {
+        Ok(u) if u.is_https() || options.allow_http => true,
+        Ok(_) => {
+            report.add(
+                "jwks_uri",
+                Status::Fail,
+                format!("{} is not https", discovery.jwks_uri),
+            );
+            false
+        }
+        Err(_) => {
+            report.add(
+                "jwks_uri",
+                Status::Fail,
+                format!("{:?} is not a usable URL", discovery.jwks_uri),
+            );
+            false
+        }
+    };
+    if !jwks_ok {
+        return Ok(report);
+    }
+    let Some((jwks, headers)) =
+        fetch_json::<serde_json::Value>(&http, &discovery.jwks_uri, "key set", &mut report).await
+    else {
+        return Ok(report);
+    };
+    cache_headers(&mut report, "key set cache headers", &headers);
+    let Some(keys) = jwks.get("keys").and_then(|k| k.as_array()) else {
+        report.add("keys", Status::Fail, "the key set has no `keys` array");
+        return Ok(report);
+    };
+    if keys.is_empty() {
+        report.add("keys", Status::Fail, "the key set is empty: publish the signing key (aws2azure keys export | wrangler kv key put)");
+    } else if keys.len() > MAX_KEYS {
+        report.add(
+            "keys",
+            Status::Fail,
+            format!("{} keys: Entra reads only the first {MAX_KEYS}", keys.len()),
+        );
+    } else {
+        report.add("keys", Status::Pass, format!("{} key(s)", keys.len()));
+    }
+    let mut kids = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let raw: RawJwk = serde_json::from_value(key.clone()).unwrap_or_default();
+        let label = match &raw.kid {
+            Some(kid) => format!("key {kid}"),
+            None => format!("key #{i}"),
+        };
+        if let Some(kid) = &raw.kid {
+            kids.push(kid.clone());
+        }
+        match Jwk::try_from(raw) {
+            Ok(jwk) => report.add(
+                label,
+                Status::Pass,
+                format!("RSA {} bits, use sig, alg RS256", jwk.bits()),
+            ),
+            Err(e) => report.add(label, Status::Fail, e.to_string()),
+        }
+    }
+    if let Some(kid) = &options.kid {
+        if kids.iter().any(|k| k == kid) {
+            report.add("expected kid", Status::Pass, format!("{kid} is published"));
+        } else {
+            report.add(
+                "expected kid",
+                Status::Fail,
+                format!("{kid} is not in the key set; assertions signed with it would fail with AADSTS700027"),
+            );
+        }
+    }
+    Ok(report)
+}
+
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    report: &mut Report,
+) -> Option<(T, reqwest::header::HeaderMap)> {
+    let started = Instant::now();
+    let response = match http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report.add(
+                format!("{what} reachable"),
+                Status::Fail,
+                format!("GET {url}: {}", e.without_url()),
+            );
+            return None;
+        }
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    if !status.is_success() {
+        report.add(
+            format!("{what} reachable"),
+            Status::Fail,
+            format!("GET {url}: HTTP {}{}", status.as_u16(), if status.is_redirection() { " (Entra does not follow redirects to the discovery document: serve it directly)" } else { "" }),
+        );
+        return None;
+    }
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            report.add(
+                format!("{what} reachable"),
+                Status::Fail,
+                format!("GET {url}: {e}"),
+            );
+            return None;
+        }
+    };
+    report.add(
+        format!("{what} reachable"),
+        Status::Pass,
+        format!("GET {url}: 200 in {} ms", started.elapsed().as_millis()),
+    );
+    match serde_json::from_slice(&body) {
+        Ok(v) => Some((v, headers)),
+        Err(e) => {
+            report.add(format!("{what} is JSON"), Status::Fail, format!("{e}"));
+            None
+        }
+    }
+}
+
+fn cache_headers(report: &mut Report, name: &str, headers: &reqwest::header::HeaderMap) {
+    let cache_control = headers.get("cache-control").and_then(|v| v.to_str().ok());
+    let max_age = cache_control.and_then(|cc| {
+        cc.split(',')
+            .filter_map(|d| d.trim().strip_prefix("max-age="))
+            .find_map(|v| v.parse::<u64>().ok())
+    });
+    let etag = headers.get("etag").is_some();
+    match (max_age, etag) {
+        (Some(age), true) => report.add(
+            name,
+            Status::Pass,
+            format!("Cache-Control max-age={age}, ETag present"),
+        ),
+        (Some(age), false) => report.add(
+            name,
+            Status::Warn,
+            format!("Cache-Control max-age={age}, no ETag"),
+        ),
+        (None, _) => report.add(
+            name,
+            Status::Warn,
+            "no Cache-Control max-age: every validator refetch reaches the origin",
+        ),
+    }
+}
