@@ -571,3 +571,33 @@ async fn four_processes_sharing_one_table_make_one_entra_call() {
         "one Entra call across four processes"
     );
 }
+
+#[tokio::test]
+async fn a_kms_refusal_is_a_500_that_names_the_cause() {
+    let proxy = FaultProxy::new(MotoServer::shared().endpoint());
+    let proxy_server = proxy.clone().serve(loopback()).await.unwrap();
+    let kms = aws_sdk_kms::Client::new(&sdk_config_for(&proxy_server.url()).await);
+    let alias = format!("alias/{}", unique("disabled"));
+    create_signing_key(&kms, &alias).await;
+    let signer = Arc::new(KmsSigner::new(kms, &alias, Arc::new(SystemClock)));
+    let fed = Federation::start(signer.as_ref()).await;
+    let broker = fed.broker(signer, None, ATTEMPT);
+    // moto signs with disabled keys; the proxy answers as KMS does.
+    proxy.fail("TrentService.Sign", "DisabledException", 400, 1);
+    let (logs, _guard) = capture();
+    let response = serve(&broker, event("rest-iam-user.json", |_| {})).await;
+    assert_eq!(response.status(), 500);
+    let json = body(&response);
+    assert_eq!(json["error"], "signer_unavailable");
+    assert!(
+        json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("DisabledException"),
+        "{json}"
+    );
+    assert!(header(&response, "retry-after").is_none());
+    assert_eq!(proxy.calls("TrentService.Sign"), 1, "not a retryable error");
+    assert_eq!(fed.entra.stats().token_requests, 0);
+    assert_eq!(logs.audit()[0]["error"], "signer_unavailable");
+}
