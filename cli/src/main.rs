@@ -26,22 +26,22 @@ enum Command {
     Doctor(DoctorArgs),
     Allowlist(AllowlistArgs),
     Azure(AzureArgs),
+    /// Key set documents for the edge.
     #[command(subcommand)]
     Keys(KeysCommand),
 }
 
-/// Run the whole federation loop on loopback: edge, token API behind a
-/// SigV4-verifying gateway, Entra stand-in; then fetch a token and show each step.
+/// Run the whole federation loop on loopback and fetch a token through it.
 ///
-/// Nothing to configure and no cloud account: a signing key is generated for
-/// the run and the default profile `graph` is used unless --config names
-/// others. Prints the local credentials to export, then serves until Ctrl-C.
-///
-/// Example:
-///   aws2azure dev
-///   aws2azure dev --gateway 127.0.0.1:9000 --config aws2azure.toml
+/// The edge, the token API behind a SigV4-verifying gateway and an Entra
+/// stand-in, with nothing to configure and no cloud account: a signing key is
+/// generated for the run and the default profile `graph` is used unless
+/// --config names others. Prints the local credentials to export, shows one
+/// token's way through the loop, then serves until Ctrl-C.
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Examples:\n  aws2azure dev\n  aws2azure dev --gateway 127.0.0.1:9000 --config aws2azure.toml"
+)]
 struct DevArgs {
     /// Address of the edge (the issuer is http://ADDR).
     #[arg(long, default_value = "127.0.0.1:8787")]
@@ -63,19 +63,16 @@ struct DevArgs {
     once: bool,
 }
 
-/// Get an Entra access token for PROFILE from the token API, signed with
-/// the AWS credentials of the environment (env, profile, SSO, web identity,
-/// ECS or EC2 metadata).
+/// Get an Entra access token for PROFILE from the token API.
 ///
-/// Prints the token alone (for `Authorization: Bearer $(aws2azure token ...)`)
-/// or, with --json, the API's whole answer. Reuses a token cached on disk
+/// The request is signed with the AWS credentials of the environment (env,
+/// shared files, SSO, web identity, ECS or EC2 metadata). Prints the token
+/// alone, or with --json the API's whole answer. Reuses a token cached on disk
 /// while it has more than --min-validity seconds left.
-///
-/// Example:
-///   aws2azure token graph --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod
-///   curl -H "Authorization: Bearer $(aws2azure token graph)" https://graph.microsoft.com/v1.0/organization
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Examples:\n  aws2azure token graph --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  export AWS2AZURE_ENDPOINT=https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  curl -H \"Authorization: Bearer $(aws2azure token graph)\" https://graph.microsoft.com/v1.0/users"
+)]
 struct TokenArgs {
     /// The profile to get a token for.
     profile: String,
@@ -99,16 +96,14 @@ struct TokenArgs {
     cache_dir: Option<PathBuf>,
 }
 
-/// Check an issuer the way Entra will use it: discovery document, byte-exact
-/// issuer, key set, keys, cache headers.
+/// Check an issuer the way Entra will use it.
 ///
-/// Exits 1 when a check fails.
-///
-/// Example:
-///   aws2azure doctor https://issuer.example.com --kid NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs
-///   aws2azure doctor http://127.0.0.1:8787 --allow-http
+/// Discovery document, byte-exact issuer, key set, each key, cache headers;
+/// prints a PASS/WARN/FAIL table and exits 1 when a check fails.
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Examples:\n  aws2azure doctor https://issuer.example.com --kid NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs\n  aws2azure doctor http://127.0.0.1:8787 --allow-http"
+)]
 struct DoctorArgs {
     /// The issuer URL exactly as in the federated credential.
     issuer_url: String,
@@ -128,11 +123,11 @@ struct DoctorArgs {
 
 /// Turn Microsoft's Service Tags download into the edge's allowlist document.
 ///
-/// Example:
-///   aws2azure allowlist ServiceTags_Public_20261123.json --current allowlist.json --output allowlist.json
-///   wrangler kv key put --binding EDGE_KV allowlist "$(cat allowlist.json)"
+/// Reports on standard error what changed against --current.
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Examples:\n  aws2azure allowlist ServiceTags_Public_20261123.json --current allowlist.json --output allowlist.json\n  npx wrangler kv key put --binding EDGE_KV allowlist \"$(cat allowlist.json)\""
+)]
 struct AllowlistArgs {
     /// The Service Tags file (ServiceTags_Public_YYYYMMDD.json) or one tag's entry.
     service_tags_file: PathBuf,
@@ -155,14 +150,14 @@ enum AzureFormat {
     All,
 }
 
-/// Print the Entra side of a profile: the federated credential to create,
-/// as an `az` command, Bicep or Terraform.
+/// Print the federated credential to create in Entra for a profile.
 ///
-/// Example:
-///   aws2azure azure graph --config aws2azure.toml
-///   aws2azure azure graph --config aws2azure.toml --issuer https://issuer.example.com --format terraform
+/// As the exact `az` command, Bicep or Terraform, with issuer, subject and
+/// audience exactly as the assertions carry them.
 #[derive(Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    after_help = "Examples:\n  aws2azure azure graph --config aws2azure.toml\n  aws2azure azure graph --issuer https://issuer.example.com --format terraform"
+)]
 struct AzureArgs {
     /// The profile.
     profile: String,
@@ -179,11 +174,9 @@ struct AzureArgs {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Print the key set document for the edge, from KMS keys and/or PEM files.
-    ///
-    /// Example:
-    ///   aws2azure keys export --kms-key alias/aws2azure-current --kms-key alias/aws2azure-next > jwks.json
-    ///   wrangler kv key put --binding EDGE_KV jwks "$(cat jwks.json)"
-    #[command(verbatim_doc_comment)]
+    #[command(
+        after_help = "Examples:\n  aws2azure keys export --kms-key alias/aws2azure-current > jwks.json\n  npx wrangler kv key put --binding EDGE_KV jwks \"$(cat jwks.json)\""
+    )]
     Export {
         /// A KMS key id, ARN or alias (repeatable; the current key first).
         #[arg(long = "kms-key")]
