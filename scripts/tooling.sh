@@ -3,6 +3,10 @@
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# Tools `cargo install` puts here must be found even on a machine whose
+# profile does not add the folder to PATH.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
 # The toolchain named in rust-toolchain.toml, with the wasm target the edge
 # and the shared crate's wasm check need.
 ensure_rust() {

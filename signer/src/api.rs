@@ -269,10 +269,7 @@ fn echo(input: &str) -> String {
 }
 
 fn success(profile: &str, broker: &Broker, issued: &Issued) -> Response<Body> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = broker.now_unix();
     let scope = broker
         .profiles()
         .get(profile)

@@ -214,6 +214,11 @@ impl Broker {
         &self.inner.signer
     }
 
+    /// Now, by the broker's clock (Unix seconds).
+    pub fn now_unix(&self) -> u64 {
+        self.inner.clock.now_unix()
+    }
+
     /// A token for `profile_name` that stays valid at least `min_validity`
     /// seconds (as far as Entra's token lifetime allows).
     pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Failed> {
