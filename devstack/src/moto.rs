@@ -146,3 +146,77 @@ fn binary() -> PathBuf {
     }
     PathBuf::from("moto_server")
 }
+
+/// An RSA-2048 signing key with an alias, as template.yaml creates it;
+/// returns the key id.
+pub async fn create_signing_key(kms: &aws_sdk_kms::Client, alias: &str) -> String {
+    create_key(kms, alias, aws_sdk_kms::types::KeySpec::Rsa2048).await
+}
+
+/// A `SIGN_VERIFY` key of `spec` with an alias; returns the key id.
+pub async fn create_key(
+    kms: &aws_sdk_kms::Client,
+    alias: &str,
+    spec: aws_sdk_kms::types::KeySpec,
+) -> String {
+    let key = kms
+        .create_key()
+        .key_spec(spec)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .description("aws2azure assertion signing key (devstack)")
+        .send()
+        .await
+        .expect("CreateKey");
+    let key_id = key
+        .key_metadata()
+        .expect("key metadata")
+        .key_id()
+        .to_string();
+    kms.create_alias()
+        .alias_name(alias)
+        .target_key_id(&key_id)
+        .send()
+        .await
+        .expect("CreateAlias");
+    key_id
+}
+
+/// The token cache table as template.yaml creates it: partition key `pk`.
+pub async fn create_cache_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    ddb.create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .send()
+        .await
+        .expect("CreateTable");
+}
+
+/// A DynamoDB client whose endpoint nothing listens on: DynamoDB down.
+pub async fn unreachable_dynamodb() -> aws_sdk_dynamodb::Client {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = sdk_config_for(&format!("http://{closed}")).await;
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .build(),
+    )
+}

@@ -109,41 +109,9 @@ async fn main() {
     let moto = MotoServer::shared();
     let config = moto.sdk_config().await;
     let kms = aws_sdk_kms::Client::new(&config);
-    let key = kms
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap();
-    let key_id = key.key_metadata().unwrap().key_id().to_string();
-    kms.create_alias()
-        .alias_name("alias/bench")
-        .target_key_id(&key_id)
-        .send()
-        .await
-        .unwrap();
-    aws_sdk_dynamodb::Client::new(&config)
-        .create_table()
-        .table_name("bench")
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    aws2azure_devstack::moto::create_signing_key(&kms, "alias/bench").await;
+    aws2azure_devstack::moto::create_cache_table(&aws_sdk_dynamodb::Client::new(&config), "bench")
+        .await;
     let env = base(&[
         ("AWS2AZURE_KMS_KEY", "alias/bench".into()),
         ("AWS2AZURE_CACHE_TABLE", "bench".into()),

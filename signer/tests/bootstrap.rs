@@ -37,43 +37,14 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
     let moto = MotoServer::shared();
     let config = moto.sdk_config().await;
     let kms = aws_sdk_kms::Client::new(&config);
-    let key = kms
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap();
-    let key_id = key.key_metadata().unwrap().key_id().to_string();
-    kms.create_alias()
-        .alias_name("alias/bootstrap-test")
-        .target_key_id(&key_id)
-        .send()
-        .await
-        .unwrap();
+    let key_id = aws2azure_devstack::moto::create_signing_key(&kms, "alias/bootstrap-test").await;
     let public = kms.get_public_key().key_id(&key_id).send().await.unwrap();
     let jwk = Jwk::from_spki_der(public.public_key().unwrap().as_ref()).unwrap();
-    let ddb = aws_sdk_dynamodb::Client::new(&config);
-    ddb.create_table()
-        .table_name("bootstrap-tokens")
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    aws2azure_devstack::moto::create_cache_table(
+        &aws_sdk_dynamodb::Client::new(&config),
+        "bootstrap-tokens",
+    )
+    .await;
 
     let edge = EdgeServer::start(
         loopback(),

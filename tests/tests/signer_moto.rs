@@ -9,6 +9,9 @@ use aws_sdk_kms::types::KeySpec;
 use aws2azure_devstack::fault_proxy::FaultProxy;
 use aws2azure_devstack::loopback;
 use aws2azure_devstack::moto::{MotoServer, sdk_config_for};
+use aws2azure_devstack::moto::{
+    create_cache_table, create_key, create_signing_key, unreachable_dynamodb,
+};
 use aws2azure_shared::assertion::{AUDIENCE, AssertionBuilder};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
@@ -20,7 +23,7 @@ use aws2azure_signer::dynamodb::DynamoDbCache;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_signer::signing::AssertionSigner;
 use aws2azure_signer::token::{AccessToken, CachedToken};
-use aws2azure_tests::aws::{create_cache_table, create_key, create_signing_key, unique};
+use aws2azure_tests::aws::unique;
 use aws2azure_tests::python::pyjwt_verify;
 use base64::Engine as _;
 
@@ -320,18 +323,8 @@ async fn dynamodb_missing_table_and_unreachable_service_are_clear_errors() {
     let err = cache.get(&key("g"), 0).await.unwrap_err();
     assert!(matches!(err, Error::Cache(_)));
 
-    // Nothing listens on this port: DynamoDB is down.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = sdk_config_for(&format!("http://{closed}")).await;
-    let ddb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
-            .build(),
-    );
-    let cache = DynamoDbCache::new(ddb, "t");
+    // Nothing listens on its port: DynamoDB is down.
+    let cache = DynamoDbCache::new(unreachable_dynamodb().await, "t");
     let started = std::time::Instant::now();
     let err = cache.get(&key("g"), 0).await.unwrap_err();
     assert_eq!(err, Error::Cache("DynamoDB could not be reached".into()));

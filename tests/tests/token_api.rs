@@ -10,12 +10,13 @@ use aws2azure_devstack::entra::{Fault, issued_claims};
 use aws2azure_devstack::fault_proxy::FaultProxy;
 use aws2azure_devstack::loopback;
 use aws2azure_devstack::moto::{MotoServer, sdk_config_for};
+use aws2azure_devstack::moto::{create_cache_table, create_signing_key, unreachable_dynamodb};
 use aws2azure_signer::api::{handle, serve};
 use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::dynamodb::DynamoDbCache;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};
-use aws2azure_tests::aws::{create_cache_table, create_signing_key, unique};
+use aws2azure_tests::aws::unique;
 use aws2azure_tests::logs::capture;
 use aws2azure_tests::rig::{CLIENT, Federation, SCOPE, SUBJECT, TENANT};
 use aws2azure_tests::{event, with_profile};
@@ -421,16 +422,7 @@ async fn kms_throttling_surfaces_as_503_after_the_sdk_retries() {
 #[tokio::test]
 async fn dynamodb_down_degrades_to_the_in_process_cache() {
     let (fed, signer) = local().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = sdk_config_for(&format!("http://{closed}")).await;
-    let ddb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
-            .build(),
-    );
+    let ddb = unreachable_dynamodb().await;
     let broker = fed.broker(
         signer,
         Some(Arc::new(DynamoDbCache::new(ddb, "tokens"))),
