@@ -1,10 +1,16 @@
-//! Support for the end-to-end tests: AWS resources in moto, Python tools
-//! from the workspace's virtualenv, log capture.
+//! Helpers for the end-to-end tests in `tests/tests/`: real runtimes,
+//! started and stopped by the tests themselves.
+//!
+//! - [`workerd`]: the compiled edge Worker in workerd (Miniflare).
+//! - [`rig`]: a local federation (edge core, Entra stand-in, broker).
+//! - [`aws`], [`python`], [`logs`]: moto resource names, Python validators
+//!   from the workspace's virtualenv, captured log lines.
 
 pub mod aws;
 pub mod logs;
 pub mod python;
 pub mod rig;
+pub mod workerd;
 
 /// An API Gateway REST event from `signer/tests/fixtures`, edited by `edit`,
 /// as the Lambda runtime hands it to the function.

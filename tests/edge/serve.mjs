@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+// Serves the compiled edge Worker (edge/build, from worker-build) in workerd
+// through Miniflare, on a real loopback port, for the end-to-end tests and
+// the benchmark.
+//
+//   node tests/edge/serve.mjs '<config JSON>'
+//
+// config: {
+//   "bindings": { "ISSUER": "...", ... },   Worker variables
+//   "kv": { "jwks": "..." },                KV seed (binding EDGE_KV)
+//   "kvBinding": true,                      false: no EDGE_KV binding at all
+//   "cf": { "colo": "TST" },                request.cf for every request
+//   "port": 0                               0: any free port
+// }
+//
+// Prints one line `READY {"url": ..., "control": ...}` when it serves; every
+// line the Worker logs follows as `LOG <line>`. The control server (loopback
+// HTTP) changes the world under the running Worker:
+//   PUT    /kv/<key>   body = new value
+//   DELETE /kv/<key>
+//   POST   /reload     a fresh isolate (what a new Cloudflare location sees),
+//                      with KV and the Cache API kept
+// It stops when its standard input closes (its parent went away) or on
+// SIGINT/SIGTERM, and takes workerd with it.
+import { createServer } from "node:http";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const buildDir = join(root, "edge", "build");
+const config = JSON.parse(process.argv[2] ?? "{}");
+const KV_BINDING = "EDGE_KV";
+
+// The deployment's own compatibility date, so the tests run what deploys.
+const wranglerToml = readFileSync(join(root, "wrangler.toml"), "utf8");
+const compatibilityDate = /^compatibility_date\s*=\s*"([^"]+)"/m.exec(wranglerToml)?.[1];
+if (!compatibilityDate) throw new Error("wrangler.toml has no compatibility_date");
+
+// Storage on disk (a temporary directory), so that a reload, which restarts
+// workerd, keeps KV and the Cache API as Cloudflare would.
+const storage = mkdtempSync(join(tmpdir(), "aws2azure-edge-"));
+
+const options = {
+  modules: true,
+  scriptPath: join(buildDir, "index.js"),
+  modulesRoot: buildDir,
+  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+  compatibilityDate,
+  bindings: config.bindings ?? {},
+  kvNamespaces: config.kvBinding === false ? [] : [KV_BINDING],
+  kvPersist: join(storage, "kv"),
+  cache: true,
+  cachePersist: join(storage, "cache"),
+  cf: config.cf ?? { colo: "TST" },
+  host: "127.0.0.1",
+  port: config.port ?? 0,
+  handleRuntimeStdio(stdout, stderr) {
+    createInterface({ input: stdout }).on("line", (line) => console.log(`LOG ${line}`));
+    createInterface({ input: stderr }).on("line", (line) => console.error(line));
+  },
+};
+
+const mf = new Miniflare(options);
+let stopping = false;
+async function stop(code) {
+  if (stopping) return;
+  stopping = true;
+  control.close();
+  try {
+    await mf.dispose();
+  } finally {
+    rmSync(storage, { recursive: true, force: true });
+    process.exit(code);
+  }
+}
+
+async function kv() {
+  return mf.getKVNamespace(KV_BINDING);
+}
+
+const control = createServer(async (req, res) => {
+  try {
+    const body = await new Promise((ok, fail) => {
+      const chunks = [];
+      req.on("data", (c) => chunks.push(c));
+      req.on("end", () => ok(Buffer.concat(chunks).toString("utf8")));
+      req.on("error", fail);
+    });
+    const url = new URL(req.url, "http://control");
+    const key = url.pathname.startsWith("/kv/") ? decodeURIComponent(url.pathname.slice(4)) : null;
+    if (key && req.method === "PUT") {
+      await (await kv()).put(key, body);
+    } else if (key && req.method === "DELETE") {
+      await (await kv()).delete(key);
+    } else if (url.pathname === "/reload" && req.method === "POST") {
+      await mf.setOptions(options);
+    } else {
+      res.writeHead(404).end("unknown control request\n");
+      return;
+    }
+    res.writeHead(204).end();
+  } catch (error) {
+    res.writeHead(500).end(`${error?.stack ?? error}\n`);
+  }
+});
+
+const url = await mf.ready;
+const store = config.kvBinding === false ? null : await kv();
+for (const [key, value] of Object.entries(config.kv ?? {})) await store.put(key, value);
+await new Promise((ok) => control.listen(0, "127.0.0.1", ok));
+const { port } = control.address();
+console.log(`READY ${JSON.stringify({ url: url.href, control: `http://127.0.0.1:${port}/` })}`);
+
+process.stdin.on("end", () => stop(0));
+process.stdin.on("error", () => stop(0));
+process.stdin.resume();
+process.on("SIGINT", () => stop(0));
+process.on("SIGTERM", () => stop(0));
