@@ -1,6 +1,7 @@
-//! A whole local federation: the edge core serving the issuer's discovery
-//! document and key set over HTTP, the Entra-compatible endpoint trusting
-//! that issuer, and a broker whose signer's key the edge publishes.
+//! A whole local federation: an edge serving the issuer's discovery document
+//! and key set over HTTP (the edge core natively, or the compiled Worker in
+//! workerd), the Entra-compatible endpoint trusting that issuer, and a
+//! broker whose signer's key the edge publishes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
 use aws2azure_devstack::{Server, loopback};
+use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::broker::{Broker, BrokerSettings};
@@ -22,7 +24,11 @@ pub const SUBJECT: &str = "aws2azure:graph";
 pub const SCOPE: &str = "https://graph.microsoft.com/.default";
 
 pub struct Federation {
-    pub edge: EdgeServer,
+    /// The native edge, when this federation started one (the issuer may
+    /// also be a Worker in workerd, see [`Federation::trusting`]).
+    pub edge: Option<EdgeServer>,
+    /// The issuer the broker signs as.
+    pub issuer: Issuer,
     pub entra: EntraStandIn,
     pub entra_server: Server,
 }
@@ -44,19 +50,29 @@ impl Federation {
         Self::with_issuer(edge, &issuer).await
     }
 
-    /// Entra trusting `issuer` (which need not be the edge's: a mismatch
-    /// is how the issuer-mismatch failure is produced).
-    pub async fn with_issuer(edge: EdgeServer, issuer: &str) -> Self {
+    /// Entra trusting `trusted` (which need not be the edge's issuer: a
+    /// mismatch is how the issuer-mismatch failure is produced).
+    pub async fn with_issuer(edge: EdgeServer, trusted: &str) -> Self {
+        let issuer = edge.issuer().clone();
+        let mut fed = Self::trusting(issuer, trusted).await;
+        fed.edge = Some(edge);
+        fed
+    }
+
+    /// Entra trusting `trusted`, the broker signing as `issuer`, served by
+    /// an edge the caller runs (e.g. the Worker in workerd).
+    pub async fn trusting(issuer: Issuer, trusted: &str) -> Self {
         let entra = EntraStandIn::new(EntraConfig::new(vec![FederatedCredential {
             tenant_id: TENANT.into(),
             client_id: CLIENT.into(),
-            issuer: issuer.into(),
+            issuer: trusted.into(),
             subject: SUBJECT.into(),
             audience: aws2azure_shared::assertion::AUDIENCE.into(),
         }]));
         let entra_server = entra.clone().serve(loopback()).await.unwrap();
         Self {
-            edge,
+            edge: None,
+            issuer,
             entra,
             entra_server,
         }
@@ -78,7 +94,7 @@ impl Federation {
         shared: Option<Arc<dyn SharedCache>>,
         attempt_timeout: Duration,
     ) -> Broker {
-        let mut settings = BrokerSettings::new(self.edge.issuer().clone());
+        let mut settings = BrokerSettings::new(self.issuer.clone());
         settings.backoff_base = Duration::from_millis(20);
         settings.backoff_max = Duration::from_millis(100);
         settings.exchange_deadline = Duration::from_secs(3);

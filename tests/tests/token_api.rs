@@ -528,7 +528,7 @@ async fn four_processes_sharing_one_table_make_one_entra_call() {
                     moto.endpoint(),
                     table.clone(),
                     alias.clone(),
-                    fed.edge.issuer().to_string(),
+                    fed.issuer.to_string(),
                     fed.authority(),
                     "250".to_string(),
                     start_at.to_string(),
