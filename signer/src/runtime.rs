@@ -90,12 +90,11 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
 
     let entra = EntraClient::new(config.entra_attempt_timeout)?;
     if config.warm_entra {
-        let mut authorities: Vec<&str> = config
+        let authorities: std::collections::BTreeSet<&str> = config
             .profiles
             .iter()
             .map(|p| p.authority.as_str())
             .collect();
-        authorities.dedup();
         for authority in authorities {
             entra.warm(authority).await;
         }
