@@ -2,7 +2,7 @@
 //! allowlist: Microsoft's entry is parsed here, at build time, with the same
 //! parser `aws2azure allowlist` uses, and shipped as a compact allowlist
 //! document. Measured against embedding the raw entry and parsing it per
-//! isolate (docs/edge.md): 5.6 KB less gzipped wasm (no Service Tags parser,
+//! isolate (docs/benchmarks.md): 5.6 KB less gzipped wasm (no Service Tags parser,
 //! no whitespace) and 40% less first-request CPU.
 
 use std::path::PathBuf;

@@ -50,6 +50,20 @@ impl<'a> EdgeRequest<'a> {
         }
     }
 
+    /// The path of an absolute request URL (`scheme://authority/path?query`),
+    /// as a Worker receives it: no decoding, no normalisation, so that what
+    /// is routed is exactly what was asked for.
+    pub fn path_of_url(url: &str) -> &str {
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        let rest = &url[after_scheme..];
+        let Some(start) = rest.find(['/', '?', '#']) else {
+            return "/";
+        };
+        let rest = &rest[start..];
+        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        if end == 0 { "/" } else { &rest[..end] }
+    }
+
     pub fn with_client_address(mut self, address: Option<&'a str>) -> Self {
         self.client_address = address;
         self

@@ -43,6 +43,10 @@ impl KeyDocument {
         Ok(Self::from_key_set(keys))
     }
 
+    /// A document from a key set that is already validated. Unlike
+    /// [`Self::parse`] it accepts an empty set: local tools (the devstack)
+    /// serve exactly what they are given, e.g. to show what `doctor` says
+    /// about an issuer with no keys.
     pub fn from_key_set(keys: JwkSet) -> Self {
         let representation = Representation::new(Bytes::from(keys.to_json()));
         Self {

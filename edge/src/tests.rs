@@ -652,3 +652,23 @@ fn the_log_record_names_everything_the_issue_asks_for() {
     assert_eq!(v["key_version"], keys.version());
     assert_eq!(v["events"][0]["event"], "key_document_missing");
 }
+
+#[test]
+fn the_path_of_a_worker_request_url() {
+    for (url, path) in [
+        ("https://issuer.example.com/jwks", "/jwks"),
+        ("https://issuer.example.com/jwks?x=1", "/jwks"),
+        ("https://issuer.example.com/a/b#frag", "/a/b"),
+        ("https://issuer.example.com", "/"),
+        ("https://issuer.example.com?q", "/"),
+        ("https://issuer.example.com#f", "/"),
+        (
+            "http://127.0.0.1:8787/.well-known/jwks.json",
+            "/.well-known/jwks.json",
+        ),
+        ("http://[::1]:8787/%6Awks?a=/b", "/%6Awks"),
+        ("https://issuer.example.com//jwks", "//jwks"),
+    ] {
+        assert_eq!(EdgeRequest::path_of_url(url), path, "{url}");
+    }
+}

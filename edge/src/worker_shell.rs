@@ -2,14 +2,14 @@
 //! its answer and its log line. Nothing is decided here.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    Cache, Context, Env, Headers, KvStore, Request, Response, ResponseBuilder, console_log, event,
-    js_sys,
+    Cache, Context, Env, Headers, KvStore, ResponseBuilder, console_log, event, js_sys, web_sys,
 };
 
 use crate::{
@@ -95,9 +95,9 @@ fn var(env: &Env, name: &str) -> Option<String> {
     js_sys::JSON::stringify(&value).ok()?.as_string()
 }
 
-/// `request.cf.colo`, read raw: worker's `Cf::colo` panics when it is absent.
-fn colo(req: &Request) -> Option<String> {
-    let cf = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf")).ok()?;
+/// `request.cf.colo`, when the runtime provides it.
+fn colo(req: &web_sys::Request) -> Option<String> {
+    let cf = js_sys::Reflect::get(req, &JsValue::from_str("cf")).ok()?;
     if !cf.is_object() {
         return None;
     }
@@ -106,11 +106,19 @@ fn colo(req: &Request) -> Option<String> {
         .as_string()
 }
 
+// The raw web_sys request and response rather than worker's wrappers: they
+// copy every header and the URL across the wasm boundary in and out (without
+// them the edge went from 8.4k to 13.7k requests/s on one core,
+// docs/benchmarks.md), and worker's `Method` turns every method it does not
+// know into GET.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    // The raw method: worker's `Method` maps every unknown method to GET.
-    let method = req.inner().method();
-    let path = req.path();
+async fn fetch(
+    req: web_sys::Request,
+    env: Env,
+    _ctx: Context,
+) -> worker::Result<web_sys::Response> {
+    let method = req.method();
+    let url = req.url();
     let headers = req.headers();
     let if_none_match = headers.get("If-None-Match").ok().flatten();
     // Cloudflare sets CF-Connecting-IP itself; X-Forwarded-For is whatever
@@ -119,7 +127,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let colo = colo(&req);
     let request = EdgeRequest {
         method: &method,
-        path: &path,
+        path: EdgeRequest::path_of_url(&url),
         if_none_match: if_none_match.as_deref(),
         client_address: client.as_deref(),
         colo: colo.as_deref(),
@@ -131,7 +139,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         Ok(config) => serve(&isolate, config, &env, &request).await,
     };
     console_log!("{}", handled.log.to_json());
-    to_worker_response(handled.response)
+    Ok(to_js_response(&handled.response)?)
 }
 
 async fn serve(
@@ -141,7 +149,7 @@ async fn serve(
     request: &EdgeRequest<'_>,
 ) -> crate::Handled {
     let now = js_sys::Date::now() as u64;
-    let kv = env.kv(KV_BINDING).ok();
+    let kv = || env.kv(KV_BINDING).ok();
     let mut events = Vec::new();
 
     let mut allowlist_label = None;
@@ -149,8 +157,8 @@ async fn serve(
         None => Arc::default(),
         Some(state) => {
             let due = state.borrow().is_due(now);
-            if let (true, Some(kv)) = (due, &kv) {
-                let fetched = read_kv(kv, config.allowlist_kv_key()).await;
+            if let (true, Some(kv)) = (due, kv()) {
+                let fetched = read_kv(&kv, config.allowlist_kv_key()).await;
                 events.extend(state.borrow_mut().apply_store_read(now, fetched));
             }
             let state = state.borrow();
@@ -164,7 +172,7 @@ async fn serve(
         KeySource::Kv { key } => {
             let due = isolate.keys.borrow().is_due(now);
             if due && needs_key_document(config, &allowlist, request) {
-                refresh_keys(isolate, config, kv.as_ref(), key, now, &mut events).await;
+                refresh_keys(isolate, config, kv().as_ref(), key, now, &mut events).await;
             }
             isolate.keys.borrow().current().cloned()
         }
@@ -260,19 +268,51 @@ async fn write_copy(url: &str, body: &Bytes) -> Result<(), Error> {
         .map_err(|e| cache_error("write", e))
 }
 
-fn to_worker_response(response: http::Response<Bytes>) -> worker::Result<Response> {
-    let headers = Headers::new();
+thread_local! {
+    /// JavaScript `Headers` per distinct header block. A response copies
+    /// the headers it is built with, so one object serves every response
+    /// with the same block; there are a handful (per route, status and key
+    /// document version), and the map is emptied should it ever grow.
+    static HEADERS: RefCell<HashMap<String, web_sys::Headers>> = RefCell::new(HashMap::new());
+}
+const MAX_HEADER_BLOCKS: usize = 64;
+
+fn js_headers(response: &http::Response<Bytes>) -> Result<web_sys::Headers, JsValue> {
+    let mut block = String::with_capacity(256);
     for (name, value) in response.headers() {
+        block.push_str(name.as_str());
+        block.push(':');
         // Every header value the core sets is ASCII.
+        block.push_str(value.to_str().unwrap_or_default());
+        block.push('\n');
+    }
+    if let Some(headers) = HEADERS.with(|cache| cache.borrow().get(&block).cloned()) {
+        return Ok(headers);
+    }
+    let headers = web_sys::Headers::new()?;
+    for (name, value) in response.headers() {
         headers.set(name.as_str(), value.to_str().unwrap_or_default())?;
     }
-    let builder = ResponseBuilder::new()
-        .with_status(response.status().as_u16())
-        .with_headers(headers);
+    HEADERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= MAX_HEADER_BLOCKS {
+            cache.clear();
+        }
+        cache.insert(block, headers.clone());
+    });
+    Ok(headers)
+}
+
+fn to_js_response(response: &http::Response<Bytes>) -> Result<web_sys::Response, JsValue> {
+    let init = web_sys::ResponseInit::new();
+    init.set_status(response.status().as_u16());
+    init.set_headers_headers(&js_headers(response)?);
+    let body = response.body();
     // A null body, not an empty one: JavaScript refuses any body on a 304.
-    Ok(if response.body().is_empty() {
-        builder.empty()
+    if body.is_empty() {
+        web_sys::Response::new_with_opt_str_and_init(None, &init)
     } else {
-        builder.fixed(response.body().to_vec())
-    })
+        let bytes = js_sys::Uint8Array::from(body.as_ref());
+        web_sys::Response::new_with_opt_buffer_source_and_init(Some(&bytes), &init)
+    }
 }

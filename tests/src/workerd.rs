@@ -6,6 +6,7 @@
 //! changed under it, and a fresh isolate started, through the script's
 //! control port; every line the Worker logs is collected.
 
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value, json};
 
@@ -39,6 +40,40 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port()
+}
+
+/// Refuses to test a Worker older than its sources: the tests would pass or
+/// fail for code that is not the code under test.
+fn assert_built_from_current_sources(root: &Path) {
+    fn newest(path: &Path) -> Option<SystemTime> {
+        let meta = fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        fs::read_dir(path)
+            .ok()?
+            .filter_map(|entry| newest(&entry.ok()?.path()))
+            .max()
+    }
+    let built = fs::metadata(root.join("edge/build/index_bg.wasm"))
+        .and_then(|m| m.modified())
+        .expect("edge/build/index_bg.wasm exists");
+    let inputs = [
+        "edge/src",
+        "edge/build.rs",
+        "edge/Cargo.toml",
+        "shared/src",
+        "shared/data/service-tags",
+        "Cargo.lock",
+    ];
+    for input in inputs {
+        if newest(&root.join(input)).is_some_and(|changed| changed > built) {
+            panic!(
+                "edge/build is older than {input}: rebuild the Worker with ./scripts/build-edge \
+                 (./scripts/test does it before cargo test)"
+            );
+        }
+    }
 }
 
 /// What the Worker starts with.
@@ -130,6 +165,7 @@ impl WorkerdEdge {
              (./scripts/test does it before cargo test)",
             index.display()
         );
+        assert_built_from_current_sources(&root);
         assert!(
             root.join("node_modules/miniflare").exists(),
             "node_modules/miniflare is missing: run `npm ci` (./scripts/test does)"
