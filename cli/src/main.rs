@@ -82,8 +82,10 @@ struct TokenArgs {
     /// Region of the API (default: from the endpoint's host, else AWS_REGION).
     #[arg(long)]
     region: Option<String>,
-    /// Seconds the token must stay valid.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds the token must stay valid; a cached token with more left is
+    /// reused. Keep it below the broker's refresh margin (300 s) so that the
+    /// broker can still serve its old token when a refresh fails.
+    #[arg(long, default_value_t = 120)]
     min_validity: u64,
     /// Print the API's JSON answer instead of the bare token.
     #[arg(long)]

@@ -21,6 +21,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
+use aws2azure_shared::discovery::is_loopback_host;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -101,7 +102,7 @@ impl TokenClient {
             .map_err(|_| Error::Usage(format!("--endpoint `{endpoint}` is not a URL")))?;
         match parsed.scheme_str() {
             Some("https") => {}
-            Some("http") if parsed.host().is_some_and(is_loopback) => {}
+            Some("http") if parsed.host().is_some_and(is_loopback_host) => {}
             _ => {
                 return Err(Error::Usage(format!(
                     "--endpoint `{endpoint}` must be https (http only on loopback, for `aws2azure dev`)"
@@ -159,8 +160,11 @@ impl TokenClient {
             });
         }
         let fresh = self.request(profile, min_validity, &credentials).await?;
-        if let Some(path) = &cache_file {
-            write_cached(path, &fresh)?;
+        if let Some(path) = &cache_file
+            && let Err(e) = write_cached(path, &fresh)
+        {
+            // The token is in hand; a read-only home must not fail the call.
+            eprintln!("warning: {e}; the token is not cached");
         }
         Ok(fresh)
     }
@@ -221,6 +225,13 @@ impl TokenClient {
             (Some(message), true) => message.clone(),
             _ => err.error_description.clone(),
         };
+        // API Gateway's signature refusals go on with the canonical request,
+        // which holds the session token: what is printed stops before it.
+        let description = description
+            .split("\n\nThe Canonical String")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         Err(Error::Api {
             status: status.as_u16(),
             error: if err.error.is_empty() {
@@ -252,14 +263,6 @@ fn encode_segment(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// `abc123.execute-api.eu-west-1.amazonaws.com` → `eu-west-1`.
 pub fn region_from_host(endpoint: &str) -> Option<String> {
     let host = endpoint.parse::<http::Uri>().ok()?.host()?.to_string();
@@ -275,11 +278,17 @@ fn read_cached(path: &Path) -> Option<TokenResponse> {
 fn write_cached(path: &Path, token: &TokenResponse) -> Result<(), Error> {
     let dir = path.parent().expect("cache files live in a directory");
     let fail = |e: std::io::Error| Error::Cache(format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    if !dir.exists() {
+        // Only a folder this creates is made private; an existing one (the
+        // user's choice, maybe their home) keeps its mode.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(fail)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {

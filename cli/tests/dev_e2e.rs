@@ -328,6 +328,10 @@ fn bad_signatures_are_refused_like_api_gateway_refuses_them() {
         text.contains("signature we calculated does not match"),
         "{text}"
     );
+    assert!(
+        !text.contains(&dev.var("AWS_SESSION_TOKEN")),
+        "the session token is not echoed"
+    );
 
     // Stale date: signed 10 minutes ago.
     let (status, msg) = message(

@@ -91,6 +91,11 @@ async fn broken_issuers() -> Server {
             json!({"keys": [key(None, &good_n)]}),
         ),
         (
+            "dupkid",
+            discovery("dupkid", format!("{base}/dupkid")),
+            json!({"keys": [key(Some("k1"), &good_n), key(Some("k1"), &good_n)]}),
+        ),
+        (
             "weak",
             discovery("weak", format!("{base}/weak")),
             json!({"keys": [key(Some("weak-1"), &weak_n)]}),
@@ -161,6 +166,10 @@ async fn each_broken_issuer_fails_with_the_reason_named() {
         out.contains("FAIL  key #0") && out.contains("no `kid`"),
         "{out}"
     );
+
+    let (code, out) = doctor(&format!("{base}/dupkid"), &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("FAIL  key k1") && out.contains("appears twice"), "{out}");
 
     let (code, out) = doctor(&format!("{base}/weak"), &[]);
     assert_eq!(code, 1);

@@ -97,7 +97,18 @@ async fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let peer = peer.ip().to_string();
-    let edge_request = EdgeRequest::from_http(&request).with_client_address(Some(&peer));
+    // Repeated If-None-Match lines are one list (RFC 9110 section 5.3).
+    let if_none_match: Vec<&str> = request
+        .headers()
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let if_none_match = if_none_match.join(", ");
+    let mut edge_request = EdgeRequest::from_http(&request).with_client_address(Some(&peer));
+    if !if_none_match.is_empty() {
+        edge_request.if_none_match = Some(&if_none_match);
+    }
     let handled = handle(
         &shared.config,
         &shared.allowlist,

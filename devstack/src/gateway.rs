@@ -282,7 +282,7 @@ pub fn verify(
             format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'."),
         )
     })?;
-    if !amz_date.starts_with(date) {
+    if amz_date.get(..8) != Some(*date) {
         return Err(Refusal::forbidden(
             "InvalidSignatureException",
             format!(
@@ -312,6 +312,16 @@ pub fn verify(
         ));
     }
     let signed: Vec<&str> = signed_headers.split(';').collect();
+    if signed.windows(2).any(|w| w[0] >= w[1])
+        || signed
+            .iter()
+            .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
+    {
+        return Err(Refusal::forbidden(
+            "InvalidSignatureException",
+            format!("SignedHeaders must be lowercase, sorted and unique, got '{signed_headers}'"),
+        ));
+    }
     if !signed.contains(&"host") {
         return Err(Refusal::forbidden(
             "InvalidSignatureException",
@@ -348,7 +358,8 @@ pub fn verify(
         return Err(Refusal::forbidden(
             "InvalidSignatureException",
             format!(
-                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
+                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n",
+                redact_session_token(&canonical)
             ),
         ));
     }
@@ -368,6 +379,23 @@ impl PrincipalLookup for Gateway {
     fn region(&self) -> &str {
         &self.region
     }
+}
+
+/// The canonical request as shown in a refusal: a session token is a
+/// credential, so its value is not echoed (API Gateway echoes it; clients
+/// print these messages into logs).
+fn redact_session_token(canonical: &str) -> String {
+    canonical
+        .lines()
+        .map(|l| {
+            if l.starts_with("x-amz-security-token:") {
+                "x-amz-security-token:<redacted>"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -482,6 +510,7 @@ fn rest_event(
     peer: SocketAddr,
 ) -> Value {
     let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode_query = |s: &str| decode(&s.replace('+', " "));
     let mut multi: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -499,7 +528,10 @@ fn rest_event(
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        multi_query.entry(decode(k)).or_default().push(decode(v));
+        multi_query
+            .entry(decode_query(k))
+            .or_default()
+            .push(decode_query(v));
     }
     let query: serde_json::Map<String, Value> = multi_query
         .iter()
@@ -558,6 +590,15 @@ mod tests {
         fn region(&self) -> &str {
             "us-east-1"
         }
+    }
+
+    #[test]
+    fn refusals_never_echo_a_session_token() {
+        let shown = redact_session_token(
+            "GET\n/\n\nhost:h\nx-amz-security-token:IQoJsecret\n\nhost;x-amz-security-token\nabc",
+        );
+        assert!(!shown.contains("IQoJsecret"));
+        assert!(shown.contains("x-amz-security-token:<redacted>"));
     }
 
     #[test]
@@ -664,5 +705,19 @@ mod tests {
                 .message
                 .contains("valid region, not 'eu-west-1'")
         );
+        headers.insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261126/us-east-1/execute-api/aws4_request, SignedHeaders=x-amz-date;host, Signature=00"
+                .parse()
+                .unwrap(),
+        );
+        assert!(check(&headers).message.contains("sorted and unique"));
+        headers.insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/2026/us-east-1/execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+                .parse()
+                .unwrap(),
+        );
+        assert!(check(&headers).message.contains("does not match YYYYMMDD"));
     }
 }

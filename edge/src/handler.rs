@@ -24,7 +24,9 @@ pub struct EdgeRequest<'a> {
     pub method: &'a str,
     /// The URL path, without query.
     pub path: &'a str,
-    /// Every `If-None-Match` value, joined with `, ` if there were several.
+    /// Every `If-None-Match` value, joined with `, ` if there were several
+    /// header lines (the Worker's `Headers` joins them; [`EdgeRequest::from_http`]
+    /// takes the first line only, so a native caller joins them itself).
     pub if_none_match: Option<&'a str>,
     /// The client address the allowlist judges. The Worker passes
     /// `CF-Connecting-IP` (set by Cloudflare, never `X-Forwarded-For`, which
@@ -103,8 +105,8 @@ fn route(config: &EdgeConfig, path: &str) -> Option<Route> {
 
 /// Whether answering `request` may need the key document: a `GET` or
 /// `HEAD` of the key set by a client the allowlist lets through. The shell
-/// reads KV only then, so that neither the discovery document nor stray or
-/// refused requests cost a KV read.
+/// reads the key document from KV only then, so that neither the discovery
+/// document nor stray or refused requests cost a key document read.
 pub fn needs_key_document(
     config: &EdgeConfig,
     allowlist: &Allowlist,

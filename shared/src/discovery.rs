@@ -135,7 +135,9 @@ impl From<Issuer> for String {
     }
 }
 
-pub(crate) fn is_loopback_host(host: &str) -> bool {
+/// `localhost`, `127.0.0.0/8` or `::1` (brackets allowed): hosts where
+/// plain http is acceptable for local development.
+pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host

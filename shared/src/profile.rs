@@ -66,6 +66,13 @@ string_newtype!(
     Authority
 );
 
+// Lets the profile map be searched by `&str` (String and str order alike).
+impl std::borrow::Borrow<str> for ProfileName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl ProfileName {
     pub fn parse(name: &str) -> Result<Self, Error> {
         let fail = |reason: String| Error::InvalidProfile {
@@ -325,7 +332,7 @@ impl Profiles {
     }
 
     pub fn get(&self, name: &str) -> Option<&Profile> {
-        self.0.iter().find(|(k, _)| k.0 == name).map(|(_, v)| v)
+        self.0.get(name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Profile> {

@@ -168,6 +168,10 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
         }) => {
             audit.upstream(&upstream);
             let (status, code) = err.api_status();
+            if status.is_server_error() {
+                // The caller gets a short description; the operator, this.
+                tracing::warn!(profile = %audit.profile, status = status.as_u16(), error = %err, "token request failed");
+            }
             audit.error = Some(code);
             audit.aadsts = err.aadsts();
             if let Error::Entra { correlation_id, .. } = &err {
@@ -202,7 +206,11 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
     if broker.profiles().get(profile).is_none() {
         return Err(Error::UnknownProfile(profile.to_string()).into());
     }
-    broker.token(profile, min_validity).await
+    let deadline = broker.settings().request_deadline;
+    match tokio::time::timeout(deadline, broker.token(profile, min_validity)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::DeadlineExceeded(deadline).into()),
+    }
 }
 
 impl AuditRecord {
@@ -287,7 +295,7 @@ fn success(profile: &str, broker: &Broker, issued: &Issued) -> Response<Body> {
 }
 
 fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body> {
-    let mut body = json!({ "error": code, "error_description": err.to_string() });
+    let mut body = json!({ "error": code, "error_description": err.public_description() });
     if let Some(aadsts) = err.aadsts() {
         body["aadsts"] = json!(format!("AADSTS{aadsts}"));
     }
@@ -304,7 +312,7 @@ fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     ) {
         let wait = err.retry_after().unwrap_or(match err {
-            Error::KmsThrottled => Duration::from_secs(1),
+            Error::KmsThrottled | Error::PeerBusy => Duration::from_secs(1),
             _ => Duration::from_secs(5),
         });
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -47,9 +47,20 @@ pub struct BrokerSettings {
     pub backoff_base: Duration,
     /// Longest single backoff when Entra sends no `Retry-After` (default 2 s).
     pub backoff_max: Duration,
+    /// A refresh while the old token still serves: one attempt within
+    /// this budget (default 3 s), so that a caller holding a valid token
+    /// never waits out a full retry loop.
+    pub refresh_budget: Duration,
+    /// After a failed refresh, the old token is served without asking
+    /// Entra again for this long (default 30 s), or Entra's `Retry-After`
+    /// if longer.
+    pub refresh_backoff: Duration,
+    /// The whole request, waits and retries included (default 24 s: the
+    /// Lambda times out at 28 s, API Gateway at 29 s).
+    pub request_deadline: Duration,
     /// How long a refresh lease in the shared tier holds (default 30 s).
     pub lease_secs: u64,
-    /// How long to wait for a peer that holds the lease (default 3 s)...
+    /// How long to wait for a peer that holds the lease (default 5 s)...
     pub peer_wait: Duration,
     /// ...polling the shared tier this often (default 100 ms).
     pub peer_poll: Duration,
@@ -65,8 +76,11 @@ impl BrokerSettings {
             max_attempts: 4,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
+            refresh_budget: Duration::from_secs(3),
+            refresh_backoff: Duration::from_secs(30),
+            request_deadline: Duration::from_secs(24),
             lease_secs: 30,
-            peer_wait: Duration::from_secs(3),
+            peer_wait: Duration::from_secs(5),
             peer_poll: Duration::from_millis(100),
         }
     }
@@ -155,6 +169,15 @@ impl From<Error> for Failed {
 
 type Flight = Shared<BoxFuture<'static, Result<Issued, Failed>>>;
 
+/// How hard a load tries at Entra.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effort {
+    /// No token to fall back on: retries within the exchange deadline.
+    Full,
+    /// A still-valid token serves if this fails: one attempt, short budget.
+    Refresh,
+}
+
 /// The broker. Cheap to clone; clones share caches and in-flight loads.
 #[derive(Clone)]
 pub struct Broker {
@@ -170,6 +193,8 @@ struct Inner {
     memory: MemoryCache,
     clock: Arc<dyn Clock>,
     flights: Mutex<HashMap<CacheKey, Flight>>,
+    /// Per token, when a refresh may be tried again after a failed one.
+    refresh_not_before: Mutex<HashMap<CacheKey, u64>>,
     /// Names this instance as a lease holder.
     instance_id: String,
 }
@@ -197,6 +222,7 @@ impl Broker {
                 memory: MemoryCache::default(),
                 clock,
                 flights: Mutex::new(HashMap::new()),
+                refresh_not_before: Mutex::new(HashMap::new()),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
         }
@@ -246,31 +272,50 @@ impl Broker {
             }),
             Some(Freshness::RefreshDue) => {
                 let old = cached.expect("matched Some");
-                match self.load(profile, &key, min_validity).await {
+                let stale = |upstream, absorbed_error| Issued {
+                    token: old.clone(),
+                    outcome: CacheOutcome::Stale,
+                    upstream,
+                    absorbed_error,
+                };
+                if now < inner.refresh_not_before(&key) {
+                    // A refresh failed moments ago: do not ask Entra again
+                    // on every request (AADSTS50196 punishes that).
+                    return Ok(stale(Upstream::default(), None));
+                }
+                match self
+                    .load(profile, &key, min_validity, Effort::Refresh)
+                    .await
+                {
                     Ok(mut issued) => {
+                        inner.clear_refresh_backoff(&key);
                         if issued.outcome == CacheOutcome::Miss {
                             issued.outcome = CacheOutcome::Refreshed;
                         }
                         Ok(issued)
                     }
                     Err(failed) => {
+                        let wait = failed
+                            .error
+                            .retry_after()
+                            .unwrap_or_default()
+                            .max(inner.settings.refresh_backoff);
+                        inner.back_off_refresh(&key, now.saturating_add(wait.as_secs()));
                         tracing::warn!(
                             profile = profile_name,
                             error = %failed.error,
                             aadsts = failed.error.aadsts(),
                             remaining_secs = old.remaining(now),
+                            retry_in_secs = wait.as_secs(),
                             "refresh failed; serving the still-valid token"
                         );
-                        Ok(Issued {
-                            token: old,
-                            outcome: CacheOutcome::Stale,
-                            upstream: failed.upstream,
-                            absorbed_error: Some(failed.error),
-                        })
+                        Ok(stale(failed.upstream, Some(failed.error)))
                     }
                 }
             }
-            Some(Freshness::Unusable) | None => self.load(profile, &key, min_validity).await,
+            Some(Freshness::Unusable) | None => {
+                self.load(profile, &key, min_validity, Effort::Full).await
+            }
         }
     }
 
@@ -280,11 +325,12 @@ impl Broker {
         profile: &Profile,
         key: &CacheKey,
         min_validity: u64,
+        effort: Effort,
     ) -> Result<Issued, Failed> {
         // A joined flight may have been started with a laxer `min_validity`
         // and served from a cache tier; then one more round is needed.
         for _round in 0..2 {
-            let (flight, joined) = self.flight(profile, key, min_validity);
+            let (flight, joined) = self.flight(profile, key, min_validity, effort);
             let mut issued = flight.await?;
             let now = self.inner.clock.now_unix();
             let satisfied = issued.token.freshness(now, min_validity) != Freshness::Unusable;
@@ -302,11 +348,17 @@ impl Broker {
         // Two rounds of joined flights that could not satisfy the caller:
         // load alone (no coalescing) as a last resort.
         self.inner
-            .load_uncoalesced(profile, key, min_validity)
+            .load_uncoalesced(profile, key, min_validity, effort)
             .await
     }
 
-    fn flight(&self, profile: &Profile, key: &CacheKey, min_validity: u64) -> (Flight, bool) {
+    fn flight(
+        &self,
+        profile: &Profile,
+        key: &CacheKey,
+        min_validity: u64,
+        effort: Effort,
+    ) -> (Flight, bool) {
         let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(key) {
             return (flight.clone(), true);
@@ -314,9 +366,15 @@ impl Broker {
         let inner = self.inner.clone();
         let (profile, owned_key) = (profile.clone(), key.clone());
         let flight = async move {
-            let result = inner
-                .load_uncoalesced(&profile, &owned_key, min_validity)
-                .await;
+            // A panic must not poison the shared future (every later
+            // request for this token would panic too): it becomes an error.
+            let load = inner.load_uncoalesced(&profile, &owned_key, min_validity, effort);
+            let result = match std::panic::AssertUnwindSafe(load).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => Err(Failed::from(Error::Internal(
+                    "loading the token panicked; see the log".into(),
+                ))),
+            };
             // Leave the map before anyone can observe the result, so that a
             // later miss starts a new load instead of reusing this one.
             inner
@@ -334,11 +392,36 @@ impl Broker {
 }
 
 impl Inner {
+    fn refresh_not_before(&self, key: &CacheKey) -> u64 {
+        let map = self
+            .refresh_not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(key).copied().unwrap_or(0)
+    }
+
+    fn back_off_refresh(&self, key: &CacheKey, until: u64) {
+        let mut map = self
+            .refresh_not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(key.clone(), until);
+    }
+
+    fn clear_refresh_backoff(&self, key: &CacheKey) {
+        let mut map = self
+            .refresh_not_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.remove(key);
+    }
+
     async fn load_uncoalesced(
         &self,
         profile: &Profile,
         key: &CacheKey,
         min_validity: u64,
+        effort: Effort,
     ) -> Result<Issued, Failed> {
         let now = self.clock.now_unix();
         let served = |token: CachedToken, outcome, upstream| Issued {
@@ -378,21 +461,39 @@ impl Inner {
                             // A peer is refreshing; the old token serves.
                             return Ok(served(t, CacheOutcome::Stale, upstream));
                         }
-                        if let Some(t) = self
+                        match self
                             .await_peer(shared.as_ref(), key, min_validity, &mut upstream)
                             .await
                         {
-                            self.memory.put(key, t.clone());
-                            return Ok(served(t, CacheOutcome::PeerFetched, upstream));
+                            PeerOutcome::Delivered(t) => {
+                                self.memory.put(key, t.clone());
+                                return Ok(served(t, CacheOutcome::PeerFetched, upstream));
+                            }
+                            // The peer gave up (or died): the lease is ours.
+                            PeerOutcome::LeaseTaken => leased = true,
+                            PeerOutcome::Degraded => {}
+                            PeerOutcome::StillBusy => {
+                                // Fetching alongside a slow peer would turn an
+                                // Entra slowdown into a stampede.
+                                return Err(Failed {
+                                    error: Error::PeerBusy,
+                                    upstream,
+                                });
+                            }
                         }
-                        tracing::warn!(profile = %key.profile, "a peer holds the refresh lease but delivered nothing; fetching");
                     }
                     Err(err) => self.degrade(&err, &mut upstream),
                 }
             }
         }
 
-        let fetched = self.fetch(profile, &mut upstream).await;
+        // With a still-valid token to fall back on, one short attempt.
+        let effort = if still_valid.is_some() {
+            Effort::Refresh
+        } else {
+            effort
+        };
+        let fetched = self.fetch(profile, &mut upstream, effort).await;
         if let Some(shared) = &self.shared {
             if let Ok(token) = &fetched
                 && !upstream.shared_cache_degraded
@@ -449,13 +550,15 @@ impl Inner {
         }
     }
 
+    /// Waits for the peer holding the lease to store a token; if it does
+    /// not within `peer_wait`, tries to take the lease over.
     async fn await_peer(
         &self,
         shared: &dyn SharedCache,
         key: &CacheKey,
         min_validity: u64,
         upstream: &mut Upstream,
-    ) -> Option<CachedToken> {
+    ) -> PeerOutcome {
         let deadline = Instant::now() + self.settings.peer_wait;
         while Instant::now() < deadline {
             tokio::time::sleep(self.settings.peer_poll).await;
@@ -464,12 +567,26 @@ impl Inner {
                 .read_shared(shared, key, now, min_validity, upstream)
                 .await
             {
-                SharedState::Fresh(t) => return Some(t),
-                SharedState::Degraded => return None,
+                SharedState::Fresh(t) => return PeerOutcome::Delivered(t),
+                SharedState::Degraded => return PeerOutcome::Degraded,
                 SharedState::RefreshDue(_) | SharedState::Missing => {}
             }
         }
-        None
+        let now = self.clock.now_unix();
+        match shared
+            .try_lease(key, &self.instance_id, now, now + self.settings.lease_secs)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(profile = %key.profile, "the peer holding the refresh lease released it without a token; fetching");
+                PeerOutcome::LeaseTaken
+            }
+            Ok(false) => PeerOutcome::StillBusy,
+            Err(err) => {
+                self.degrade(&err, upstream);
+                PeerOutcome::Degraded
+            }
+        }
     }
 
     fn degrade(&self, err: &Error, upstream: &mut Upstream) {
@@ -484,10 +601,14 @@ impl Inner {
         &self,
         profile: &Profile,
         upstream: &mut Upstream,
+        effort: Effort,
     ) -> Result<CachedToken, Error> {
         let settings = &self.settings;
-        let started = Instant::now();
-        let deadline = started + settings.exchange_deadline;
+        let (max_attempts, budget) = match effort {
+            Effort::Full => (settings.max_attempts, settings.exchange_deadline),
+            Effort::Refresh => (1, settings.refresh_budget.min(settings.exchange_deadline)),
+        };
+        let deadline = Instant::now() + budget;
         let token_endpoint = profile.token_endpoint();
         let mut attempt = 0;
         loop {
@@ -515,7 +636,7 @@ impl Inner {
             let result =
                 match tokio::time::timeout(remaining, self.exchange.exchange(&request)).await {
                     Ok(result) => result,
-                    Err(_) => Err(Error::EntraTimeout(settings.exchange_deadline)),
+                    Err(_) => Err(Error::EntraTimeout(budget)),
                 };
             upstream.entra_calls += 1;
             upstream.entra_ms += calling.elapsed().as_millis() as u64;
@@ -523,11 +644,14 @@ impl Inner {
                 Ok(issued) => return Ok(self.to_cached(issued, now)),
                 Err(err) => err,
             };
-            if !err.is_retryable() || attempt >= settings.max_attempts {
+            if !err.is_retryable() || attempt >= max_attempts {
                 return Err(err);
             }
             let wait = err.retry_after().unwrap_or_else(|| self.backoff(attempt));
-            if Instant::now() + wait >= deadline {
+            if Instant::now()
+                .checked_add(wait)
+                .is_none_or(|at| at >= deadline)
+            {
                 tracing::warn!(profile = %profile.name, attempt, wait_ms = wait.as_millis() as u64, "no time left to retry Entra");
                 return Err(err);
             }
@@ -556,7 +680,9 @@ impl Inner {
         let expires_on = now + issued.expires_in;
         let margin = self.settings.refresh_margin_secs;
         let planned = match issued.refresh_in {
-            Some(refresh_in) if refresh_in < issued.expires_in => now + refresh_in,
+            Some(refresh_in) if refresh_in > 0 && refresh_in < issued.expires_in => {
+                now + refresh_in
+            }
             // Short-lived tokens refresh at half-life, not immediately.
             _ if issued.expires_in <= 2 * margin => now + issued.expires_in / 2,
             _ => expires_on - margin,
@@ -570,6 +696,13 @@ impl Inner {
             refresh_on: planned - jitter,
         }
     }
+}
+
+enum PeerOutcome {
+    Delivered(CachedToken),
+    LeaseTaken,
+    StillBusy,
+    Degraded,
 }
 
 enum SharedState {
@@ -619,7 +752,22 @@ mod tests {
         calls: AtomicU32,
         script: Mutex<VecDeque<Error>>,
         lifetime: u64,
+        refresh_in: Option<u64>,
         delay: Duration,
+        panic_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl FakeEntra {
+        fn new(script: Vec<Error>, delay: Duration) -> Self {
+            Self {
+                calls: AtomicU32::new(0),
+                script: Mutex::new(script.into()),
+                lifetime: 3599,
+                refresh_in: None,
+                delay,
+                panic_next: Default::default(),
+            }
+        }
     }
 
     #[async_trait]
@@ -627,6 +775,9 @@ mod tests {
         async fn exchange(&self, _req: &ExchangeRequest<'_>) -> Result<IssuedToken, Error> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
+            if self.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("a bug in an adapter");
+            }
             if let Some(err) = self.script.lock().unwrap().pop_front() {
                 return Err(err);
             }
@@ -634,7 +785,7 @@ mod tests {
                 access_token: AccessToken::new(format!("token-{n}")),
                 token_type: "Bearer".into(),
                 expires_in: self.lifetime,
-                refresh_in: None,
+                refresh_in: self.refresh_in,
             })
         }
     }
@@ -647,6 +798,10 @@ mod tests {
     }
 
     fn rig(script: Vec<Error>, delay: Duration) -> Rig {
+        rig_with(FakeEntra::new(script, delay), None)
+    }
+
+    fn rig_with(entra: FakeEntra, shared: Option<Arc<dyn SharedCache>>) -> Rig {
         let profiles = Profiles::from_json(
             r#"{"graph": {"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
                 "client_id": "00000000-1111-2222-3333-444444444444",
@@ -658,23 +813,20 @@ mod tests {
             calls: AtomicU32::new(0),
             inner: crate::signing::LocalKeySigner::generate().unwrap(),
         });
-        let entra = Arc::new(FakeEntra {
-            calls: AtomicU32::new(0),
-            script: Mutex::new(script.into()),
-            lifetime: 3599,
-            delay,
-        });
+        let entra = Arc::new(entra);
         let mut settings =
             BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
         settings.backoff_base = Duration::from_millis(5);
         settings.backoff_max = Duration::from_millis(20);
         settings.exchange_deadline = Duration::from_secs(2);
+        settings.peer_wait = Duration::from_millis(200);
+        settings.peer_poll = Duration::from_millis(20);
         let broker = Broker::new(
             profiles,
             settings,
             signer.clone(),
             entra.clone(),
-            None,
+            shared,
             Arc::new(clock.clone()),
         );
         Rig {
@@ -891,10 +1043,8 @@ mod tests {
     async fn short_lived_tokens_refresh_at_half_life() {
         let r = rig(vec![], Duration::ZERO);
         let entra = Arc::new(FakeEntra {
-            calls: AtomicU32::new(0),
-            script: Mutex::new(VecDeque::new()),
             lifetime: 400,
-            delay: Duration::ZERO,
+            ..FakeEntra::new(vec![], Duration::ZERO)
         });
         let broker = Broker::new(
             r.broker.profiles().clone(),
@@ -909,6 +1059,202 @@ mod tests {
             t.refresh_on > T0 + 150 && t.refresh_on <= T0 + 200,
             "{}",
             t.refresh_on
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retryable_refresh_failure_costs_one_attempt_then_backs_off() {
+        let r = rig(vec![], Duration::ZERO);
+        let first = r.token("graph", 0).await.unwrap();
+        r.clock.set(first.token.refresh_on + 1);
+        r.entra
+            .script
+            .lock()
+            .unwrap()
+            .extend((0..10).map(|_| entra_error(503, None, Some(120))));
+        let started = Instant::now();
+        let served = r.token("graph", 0).await.unwrap();
+        assert_eq!(served.outcome, CacheOutcome::Stale);
+        assert_eq!(served.token, first.token);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no retry loop, no Retry-After sleep"
+        );
+        assert_eq!(r.entra_calls(), 2, "one refresh attempt");
+        // Within Entra's Retry-After (120 s, longer than the 30 s default),
+        // the old token serves without asking Entra.
+        r.clock.advance(100);
+        for _ in 0..20 {
+            assert_eq!(
+                r.token("graph", 0).await.unwrap().outcome,
+                CacheOutcome::Stale
+            );
+        }
+        assert_eq!(r.entra_calls(), 2);
+        // After it, the next request tries again; success clears the backoff.
+        r.entra.script.lock().unwrap().clear();
+        r.clock.advance(30);
+        assert_eq!(
+            r.token("graph", 0).await.unwrap().outcome,
+            CacheOutcome::Refreshed
+        );
+        assert_eq!(r.entra_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_adapter_fails_one_load_not_the_profile() {
+        let r = rig(vec![], Duration::ZERO);
+        r.entra.panic_next.store(true, Ordering::SeqCst);
+        let err = r.token("graph", 0).await.unwrap_err();
+        assert!(matches!(err, Error::Internal(_)), "{err:?}");
+        assert_eq!(err.api_status().0, http::StatusCode::INTERNAL_SERVER_ERROR);
+        let issued = r.token("graph", 0).await.unwrap();
+        assert_eq!(
+            issued.outcome,
+            CacheOutcome::Miss,
+            "the flight was not poisoned"
+        );
+    }
+
+    #[tokio::test]
+    async fn entra_refresh_in_sets_the_refresh_time() {
+        let r = rig_with(
+            FakeEntra {
+                refresh_in: Some(1800),
+                ..FakeEntra::new(vec![], Duration::ZERO)
+            },
+            None,
+        );
+        let t = r.token("graph", 0).await.unwrap().token;
+        assert!(
+            (T0 + 1800 - 360..=T0 + 1800).contains(&t.refresh_on),
+            "{}",
+            t.refresh_on
+        );
+    }
+
+    /// A shared tier in memory, with a lease another instance can hold.
+    #[derive(Default)]
+    struct FakeShared {
+        tokens: Mutex<HashMap<CacheKey, CachedToken>>,
+        lease: Mutex<Option<(String, u64)>>,
+        releases: AtomicU32,
+    }
+
+    #[async_trait]
+    impl SharedCache for FakeShared {
+        async fn get(&self, key: &CacheKey, now: u64) -> Result<Option<CachedToken>, Error> {
+            let tokens = self.tokens.lock().unwrap();
+            Ok(tokens.get(key).filter(|t| t.expires_on > now).cloned())
+        }
+        async fn put(&self, key: &CacheKey, token: &CachedToken) -> Result<(), Error> {
+            self.tokens
+                .lock()
+                .unwrap()
+                .insert(key.clone(), token.clone());
+            Ok(())
+        }
+        async fn try_lease(
+            &self,
+            _: &CacheKey,
+            holder: &str,
+            now: u64,
+            until: u64,
+        ) -> Result<bool, Error> {
+            let mut lease = self.lease.lock().unwrap();
+            match &*lease {
+                Some((_, held_until)) if *held_until >= now => Ok(false),
+                _ => {
+                    *lease = Some((holder.to_string(), until));
+                    Ok(true)
+                }
+            }
+        }
+        async fn release_lease(&self, _: &CacheKey, holder: &str) -> Result<(), Error> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            let mut lease = self.lease.lock().unwrap();
+            if lease.as_ref().is_some_and(|(h, _)| h == holder) {
+                *lease = None;
+            }
+            Ok(())
+        }
+    }
+
+    fn shared_rig() -> (Rig, Arc<FakeShared>) {
+        let shared = Arc::new(FakeShared::default());
+        let r = rig_with(FakeEntra::new(vec![], Duration::ZERO), Some(shared.clone()));
+        (r, shared)
+    }
+
+    fn peer_holds_lease(shared: &FakeShared) {
+        *shared.lease.lock().unwrap() = Some(("peer".into(), T0 + 1_000_000));
+    }
+
+    #[tokio::test]
+    async fn a_peer_refreshing_leaves_the_old_shared_token_serving() {
+        let (r, shared) = shared_rig();
+        let first = r.token("graph", 0).await.unwrap();
+        assert_eq!(
+            shared.releases.load(Ordering::SeqCst),
+            1,
+            "lease given back"
+        );
+        // Another instance (its own memory) when the token is due for
+        // refresh and a peer holds the lease: the old token, no Entra call.
+        let other = rig_with(FakeEntra::new(vec![], Duration::ZERO), Some(shared.clone()));
+        other.clock.set(first.token.refresh_on + 1);
+        peer_holds_lease(&shared);
+        let served = other.token("graph", 0).await.unwrap();
+        assert_eq!(served.outcome, CacheOutcome::Stale);
+        assert_eq!(served.token, first.token);
+        assert_eq!(other.entra_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_peer_with_nothing_to_serve_gives_503_not_a_stampede() {
+        let (r, shared) = shared_rig();
+        peer_holds_lease(&shared);
+        let err = r.token("graph", 0).await.unwrap_err();
+        assert_eq!(err, Error::PeerBusy);
+        assert_eq!(err.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.entra_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_released_the_lease_without_a_token_is_taken_over() {
+        let (r, shared) = shared_rig();
+        peer_holds_lease(&shared);
+        let releaser = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *releaser.lease.lock().unwrap() = None;
+        });
+        let issued = r.token("graph", 0).await.unwrap();
+        assert_eq!(issued.outcome, CacheOutcome::Miss);
+        assert_eq!(r.entra_calls(), 1);
+        assert!(
+            shared
+                .tokens
+                .lock()
+                .unwrap()
+                .values()
+                .any(|t| *t == issued.token)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_released_after_a_failed_fetch() {
+        let (r, shared) = shared_rig();
+        r.entra
+            .script
+            .lock()
+            .unwrap()
+            .push_back(entra_error(401, Some(700213), None));
+        assert!(r.token("graph", 0).await.is_err());
+        assert_eq!(shared.releases.load(Ordering::SeqCst), 1);
+        assert!(
+            shared.lease.lock().unwrap().is_none(),
+            "others may try at once"
         );
     }
 }

@@ -31,15 +31,31 @@ impl DynamoDbCache {
         }
     }
 
-    /// Checks the table exists (and warms the connection) at start-up.
+    /// Checks the table exists (and warms the connection) at start-up. A
+    /// missing table is a configuration error (`Error::Config`); anything
+    /// else is an outage the broker rides out (`Error::Cache`).
     pub async fn check(&self) -> Result<(), Error> {
-        self.client
+        match self
+            .client
             .describe_table()
             .table_name(&self.table)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| self.map_error(e))
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e))
+                if e.err().code() == Some("ResourceNotFoundException") =>
+            {
+                Err(Error::config(
+                    crate::settings::CACHE_TABLE,
+                    format!(
+                        "table `{}` does not exist; create it (partition key `pk`, string) or fix the name",
+                        self.table
+                    ),
+                ))
+            }
+            Err(e) => Err(self.map_error(e)),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -147,7 +163,12 @@ impl SharedCache for DynamoDbCache {
             .item("expires_on", n(token.expires_on))
             .item("refresh_on", n(token.refresh_on))
             .item("ttl", n(token.expires_on))
-            .condition_expression("attribute_not_exists(pk) OR expires_on < :expires_on")
+            // A malformed item (no or non-numeric expires_on) is replaced too.
+            .condition_expression(
+                "attribute_not_exists(pk) OR NOT attribute_type(expires_on, :number) \
+                 OR expires_on < :expires_on",
+            )
+            .expression_attribute_values(":number", s("N"))
             .expression_attribute_values(":expires_on", n(token.expires_on))
             .send()
             .await;
@@ -174,7 +195,11 @@ impl SharedCache for DynamoDbCache {
             .item("holder", s(holder))
             .item("lease_until", n(until))
             .item("ttl", n(until))
-            .condition_expression("attribute_not_exists(pk) OR lease_until < :now")
+            .condition_expression(
+                "attribute_not_exists(pk) OR NOT attribute_type(lease_until, :number) \
+                 OR lease_until < :now",
+            )
+            .expression_attribute_values(":number", s("N"))
             .expression_attribute_values(":now", n(now))
             .send()
             .await;

@@ -164,11 +164,13 @@ pub fn parse_success(body: &[u8]) -> Result<IssuedToken, Error> {
             "success response has an empty token or no lifetime".into(),
         ));
     }
+    let expires_in = parsed.expires_in.min(MAX_TOKEN_LIFETIME_SECS);
     Ok(IssuedToken {
         access_token: AccessToken::new(parsed.access_token),
         token_type: parsed.token_type,
-        expires_in: parsed.expires_in,
-        refresh_in: parsed.refresh_in,
+        expires_in,
+        // A refresh hint of 0 or beyond expiry means nothing useful.
+        refresh_in: parsed.refresh_in.filter(|r| *r > 0 && *r < expires_in),
     })
 }
 
@@ -224,17 +226,24 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+/// Longest `Retry-After` taken at its word; anything longer (or absurd) is
+/// treated as this, which already exceeds every deadline of the broker.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest token lifetime believed: Entra's tokens live at most a day.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 86_400;
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3),
+/// at most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -266,6 +275,14 @@ mod tests {
         assert_eq!(t.refresh_in, None);
         let t = parse_success(br#"{"token_type":"Bearer","expires_in":"3599","refresh_in":"1799","access_token":"x"}"#).unwrap();
         assert_eq!((t.expires_in, t.refresh_in), (3599, Some(1799)));
+        let absurd = parse_success(
+            br#"{"expires_in":18446744073709551615,"refresh_in":0,"access_token":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (absurd.expires_in, absurd.refresh_in),
+            (MAX_TOKEN_LIFETIME_SECS, None)
+        );
         for bad in [
             &br#"{"expires_in":1}"#[..],
             br#"{"access_token":"","expires_in":1}"#,
@@ -325,5 +342,9 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 }

@@ -67,6 +67,15 @@ pub enum Error {
     #[error("token cache: {0}")]
     Cache(String),
 
+    #[error("another instance is fetching this token from Entra right now; retry in a moment")]
+    PeerBusy,
+
+    #[error("the request did not complete within {0:?}")]
+    DeadlineExceeded(Duration),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+
     #[error("setting `{setting}`: {reason}")]
     Config {
         setting: &'static str,
@@ -121,25 +130,46 @@ impl Error {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::MissingIdentity => (StatusCode::FORBIDDEN, "access_denied"),
-            Self::Entra { status, aadsts, .. } => {
-                let transient = *status == 429 || *status >= 500;
-                if transient && !aadsts.is_some_and(|c| RETRYABLE_AADSTS.contains(&c)) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "entra_refused")
-                }
-            }
-            Self::EntraUnreachable(_) | Self::KmsUnreachable(_) | Self::KmsThrottled => {
+            // What could succeed on retry (throttling, outages, a credential
+            // still propagating, Entra failing to reach the edge) is a 503
+            // with Retry-After, the code passed on; the rest is a refusal.
+            Self::Entra { .. } if self.is_retryable() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
             }
-            Self::EntraTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::Entra { .. } => (StatusCode::BAD_GATEWAY, "entra_refused"),
+            Self::EntraUnreachable(_)
+            | Self::KmsUnreachable(_)
+            | Self::KmsThrottled
+            | Self::PeerBusy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
+            Self::EntraTimeout(_) | Self::DeadlineExceeded(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            }
             Self::EntraResponse(_) => (StatusCode::BAD_GATEWAY, "bad_upstream_response"),
             Self::Kms { .. } | Self::LocalKey(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "signer_unavailable")
             }
-            Self::Cache(_) | Self::Config { .. } | Self::Shared(_) => {
+            Self::Cache(_) | Self::Config { .. } | Self::Shared(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
+        }
+    }
+
+    /// What the API tells the caller. Server-side failures name their cause
+    /// without the details (key and role ARNs, table names) that only the
+    /// operator needs: those are in the function's log.
+    pub fn public_description(&self) -> String {
+        match self {
+            Self::Kms { code, .. } => format!(
+                "the signer cannot sign: KMS refused ({code}); the operator will find the details in the function's log"
+            ),
+            Self::LocalKey(_)
+            | Self::Cache(_)
+            | Self::Config { .. }
+            | Self::Shared(_)
+            | Self::Internal(_) => {
+                "the signer failed; the operator will find the details in the function's log".into()
+            }
+            other => other.to_string(),
         }
     }
 

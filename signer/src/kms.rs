@@ -72,9 +72,12 @@ impl KmsSigner {
             }
             // A failed re-resolution keeps the key we had: signing with the
             // known key beats failing every request while KMS hiccups.
-            Err(err) => match slot.as_ref() {
+            // Try again only after another TTL, so that a KMS outage does
+            // not put two extra calls in front of every Sign.
+            Err(err) => match slot.as_mut() {
                 Some(key) => {
                     tracing::warn!(error = %err, "re-resolving the KMS key failed; keeping the current one");
+                    key.resolved_at = now;
                     Ok(key.clone())
                 }
                 None => Err(err),

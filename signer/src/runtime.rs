@@ -24,9 +24,10 @@ pub async fn aws_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
-/// Builds the broker. With `warm`, resolves the KMS key, checks the cache
-/// table and opens a connection to Entra now, so the first caller does not
-/// pay for TLS handshakes (and a wrong key or table fails init, loudly).
+/// Builds the broker: resolves the KMS key and checks the cache table now
+/// (a wrong key or table fails init, loudly; an unavailable service only
+/// logs), and with `warm_entra` opens the connections to Entra, so that the
+/// first caller does not pay for TLS handshakes.
 pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Broker, Error> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let started = Instant::now();
@@ -50,8 +51,18 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
                 key_ref,
                 clock.clone(),
             );
-            let jwk = signer.resolve().await?;
-            tracing::info!(kid = %jwk.kid(), key = %key_ref, "KMS signing key resolved");
+            match signer.resolve().await {
+                Ok(jwk) => {
+                    tracing::info!(kid = %jwk.kid(), key = %key_ref, "KMS signing key resolved")
+                }
+                // KMS briefly unavailable: start anyway, resolve on first use;
+                // the shared tier may still serve tokens meanwhile.
+                Err(err @ (Error::KmsUnreachable(_) | Error::KmsThrottled)) => {
+                    tracing::warn!(error = %err, key = %key_ref, "KMS unavailable at start-up; resolving the key on first use")
+                }
+                // A wrong, disabled or forbidden key is a configuration error.
+                Err(err) => return Err(err),
+            }
             Arc::new(signer)
         }
         KeySource::PemFile(path) => {
@@ -83,7 +94,15 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
                 )
                 .build();
             let cache = DynamoDbCache::new(aws_sdk_dynamodb::Client::from_conf(ddb_config), table);
-            cache.check().await?;
+            match cache.check().await {
+                Ok(()) => {}
+                // DynamoDB down degrades to the in-process tier; it does not
+                // stop instances from starting.
+                Err(err @ Error::Cache(_)) => {
+                    tracing::warn!(error = %err, "token cache table unavailable at start-up; continuing with the in-process cache")
+                }
+                Err(err) => return Err(err),
+            }
             Some(Arc::new(cache))
         }
     };
@@ -95,8 +114,14 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
             .iter()
             .map(|p| p.authority.as_str())
             .collect();
-        for authority in authorities {
-            entra.warm(authority).await;
+        // Together, and briefly: a slow authority must not hold init (Lambda
+        // allows 10 s) for a connection that is only an optimisation.
+        let warming = futures_util::future::join_all(authorities.iter().map(|a| entra.warm(a)));
+        if tokio::time::timeout(Duration::from_secs(2), warming)
+            .await
+            .is_err()
+        {
+            tracing::warn!("warming the connections to Entra took over 2 s; going on");
         }
     }
     tracing::info!(

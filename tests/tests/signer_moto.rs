@@ -330,3 +330,42 @@ async fn dynamodb_missing_table_and_unreachable_service_are_clear_errors() {
     assert_eq!(err, Error::Cache("DynamoDB could not be reached".into()));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn dynamodb_malformed_items_do_not_block_the_shared_tier() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (_, ddb) = clients().await;
+    let table = unique("malformed");
+    create_cache_table(&ddb, &table).await;
+    let cache = DynamoDbCache::new(ddb.clone(), &table);
+    let now = SystemClock.now_unix();
+    let k = key("graph");
+    // Items written by hand or by an older version: no usable times.
+    for (pk, attr) in [
+        (format!("token#{}", k.digest), "expires_on"),
+        (format!("lease#{}", k.digest), "lease_until"),
+    ] {
+        ddb.put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S(pk))
+            .item(attr, AttributeValue::S("soon".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        cache.get(&k, now).await.unwrap(),
+        None,
+        "ignored, not an error"
+    );
+    cache.put(&k, &token(now + 3600, "fresh")).await.unwrap();
+    assert_eq!(
+        cache.get(&k, now).await.unwrap(),
+        Some(token(now + 3600, "fresh")),
+        "replaced"
+    );
+    assert!(
+        cache.try_lease(&k, "me", now, now + 30).await.unwrap(),
+        "a malformed lease is taken over"
+    );
+}
