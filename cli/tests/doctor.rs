@@ -169,7 +169,10 @@ async fn each_broken_issuer_fails_with_the_reason_named() {
 
     let (code, out) = doctor(&format!("{base}/dupkid"), &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("FAIL  key k1") && out.contains("appears twice"), "{out}");
+    assert!(
+        out.contains("FAIL  key k1") && out.contains("appears twice"),
+        "{out}"
+    );
 
     let (code, out) = doctor(&format!("{base}/weak"), &[]);
     assert_eq!(code, 1);

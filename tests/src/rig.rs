@@ -94,10 +94,22 @@ impl Federation {
         shared: Option<Arc<dyn SharedCache>>,
         attempt_timeout: Duration,
     ) -> Broker {
+        self.broker_with(signer, shared, attempt_timeout, |_| {})
+    }
+
+    /// [`Federation::broker`] with settings changed by `tune`.
+    pub fn broker_with(
+        &self,
+        signer: Arc<dyn AssertionSigner>,
+        shared: Option<Arc<dyn SharedCache>>,
+        attempt_timeout: Duration,
+        tune: impl FnOnce(&mut BrokerSettings),
+    ) -> Broker {
         let mut settings = BrokerSettings::new(self.issuer.clone());
         settings.backoff_base = Duration::from_millis(20);
         settings.backoff_max = Duration::from_millis(100);
         settings.exchange_deadline = Duration::from_secs(3);
+        tune(&mut settings);
         Broker::new(
             self.profiles(),
             settings,

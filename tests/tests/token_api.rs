@@ -593,3 +593,24 @@ async fn a_kms_refusal_is_a_500_that_names_the_cause() {
     assert_eq!(fed.entra.stats().token_requests, 0);
     assert_eq!(logs.audit()[0]["error"], "signer_unavailable");
 }
+
+#[tokio::test]
+async fn the_whole_request_is_bounded_by_its_deadline() {
+    let (fed, signer) = local().await;
+    let broker = fed.broker_with(signer, None, Duration::from_secs(10), |s| {
+        s.exchange_deadline = Duration::from_secs(20);
+        s.request_deadline = Duration::from_secs(1);
+    });
+    fed.entra.inject(Fault::Delay { millis: 5_000 }, 1);
+    let started = std::time::Instant::now();
+    let (response, audit) = handle(&broker, &event("rest-iam-user.json", |_| {})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 504);
+    assert_eq!(body(&response)["error"], "upstream_timeout");
+    assert!(header(&response, "retry-after").is_some());
+    assert_eq!(audit.error, Some("upstream_timeout"));
+}
