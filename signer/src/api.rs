@@ -202,10 +202,8 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
     let name =
         ProfileName::parse(&raw_profile).map_err(|e| Error::InvalidRequest(e.to_string()))?;
     let min_validity = min_validity(req)?;
+    // An unknown name is the broker's first check (404).
     let profile = name.as_str();
-    if broker.profiles().get(profile).is_none() {
-        return Err(Error::UnknownProfile(profile.to_string()).into());
-    }
     let deadline = broker.settings().request_deadline;
     match tokio::time::timeout(deadline, broker.token(profile, min_validity)).await {
         Ok(result) => result,
