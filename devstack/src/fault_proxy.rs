@@ -1,7 +1,7 @@
 //! A reverse proxy for AWS JSON-protocol services (KMS, DynamoDB) that
-//! answers chosen operations with an error for a number of calls and counts
-//! every call by operation. It stands between the SDK and moto, because moto
-//! never throttles.
+//! answers chosen operations with an error, or holds them back, for a number
+//! of calls and counts every call by operation. It stands between the SDK
+//! and moto, because moto never throttles and is never slow.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,9 +26,18 @@ pub struct AwsFault {
     pub remaining: usize,
 }
 
+/// Holds calls back before forwarding them.
+#[derive(Clone, Debug)]
+struct AwsDelay {
+    target: String,
+    delay: std::time::Duration,
+    remaining: usize,
+}
+
 #[derive(Default)]
 struct Shared {
     faults: Vec<AwsFault>,
+    delays: Vec<AwsDelay>,
     calls: BTreeMap<String, u64>,
 }
 
@@ -63,6 +72,16 @@ impl FaultProxy {
         });
     }
 
+    /// Holds the next `count` calls of `target` back for `delay` before
+    /// forwarding them.
+    pub fn delay(&self, target: &str, delay: std::time::Duration, count: usize) {
+        self.lock().delays.push(AwsDelay {
+            target: target.into(),
+            delay,
+            remaining: count,
+        });
+    }
+
     /// Calls seen for `target` (answered by the proxy or forwarded).
     pub fn calls(&self, target: &str) -> u64 {
         self.lock().calls.get(target).copied().unwrap_or(0)
@@ -85,18 +104,30 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let injected = {
+    let (injected, delay) = {
         let mut shared = proxy.lock();
         *shared.calls.entry(target.clone()).or_default() += 1;
-        shared
+        let injected = shared
             .faults
             .iter_mut()
             .find(|f| f.target == target && f.remaining > 0)
             .map(|f| {
                 f.remaining -= 1;
                 (f.status, f.error_type.clone())
-            })
+            });
+        let delay = shared
+            .delays
+            .iter_mut()
+            .find(|d| d.target == target && d.remaining > 0)
+            .map(|d| {
+                d.remaining -= 1;
+                d.delay
+            });
+        (injected, delay)
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if let Some((status, error_type)) = injected {
         let body = serde_json::json!({"__type": error_type, "message": "injected by the devstack fault proxy"});
         return (

@@ -5,8 +5,12 @@
 //! limit, which `SigningInput` enforces). The key reference (alias or id) is
 //! resolved to a key id and its public key once, then again every few
 //! minutes, so an alias moved by rotation is picked up without a restart.
+//!
+//! No lock is held across a KMS call: one caller re-resolves while the
+//! others keep signing with the key they have, so a slow or abandoned
+//! `DescribeKey` never holds up a signature for another token.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use aws_sdk_kms::Client;
@@ -15,7 +19,6 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion, JwsHeader, SigningInput};
 use aws2azure_shared::jwk::Jwk;
-use tokio::sync::Mutex;
 
 use crate::Error;
 use crate::clock::Clock;
@@ -31,11 +34,32 @@ struct ResolvedKey {
     resolved_at: u64,
 }
 
+/// The resolved key and whether a caller is re-resolving it right now.
+#[derive(Default)]
+struct Resolution {
+    key: Option<ResolvedKey>,
+    refreshing: bool,
+}
+
 pub struct KmsSigner {
     client: Client,
     key_ref: String,
     clock: Arc<dyn Clock>,
-    resolved: Mutex<Option<ResolvedKey>>,
+    resolution: Arc<Mutex<Resolution>>,
+}
+
+/// Clears `refreshing` however the re-resolution ends, a dropped future
+/// included, so that the next caller tries again.
+struct RefreshTurn(Arc<Mutex<Resolution>>);
+
+impl Drop for RefreshTurn {
+    fn drop(&mut self) {
+        lock(&self.0).refreshing = false;
+    }
+}
+
+fn lock(resolution: &Mutex<Resolution>) -> MutexGuard<'_, Resolution> {
+    resolution.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl KmsSigner {
@@ -47,7 +71,7 @@ impl KmsSigner {
             client,
             key_ref: key_ref.into(),
             clock,
-            resolved: Mutex::new(None),
+            resolution: Arc::default(),
         }
     }
 
@@ -59,22 +83,32 @@ impl KmsSigner {
 
     async fn current(&self) -> Result<ResolvedKey, Error> {
         let now = self.clock.now_unix();
-        let mut slot = self.resolved.lock().await;
-        if let Some(key) = slot.as_ref()
-            && now.saturating_sub(key.resolved_at) < RESOLVE_TTL_SECS
         {
-            return Ok(key.clone());
+            let mut resolution = lock(&self.resolution);
+            match resolution.key.clone() {
+                Some(key) if now.saturating_sub(key.resolved_at) < RESOLVE_TTL_SECS => {
+                    return Ok(key);
+                }
+                // Someone is re-resolving: sign with the key we have.
+                Some(key) if resolution.refreshing => return Ok(key),
+                // Stale, or none yet (then every caller resolves: there is
+                // nothing to sign with meanwhile).
+                _ => resolution.refreshing = true,
+            }
         }
-        match self.fetch(now).await {
+        let _turn = RefreshTurn(self.resolution.clone());
+        let fetched = self.fetch(now).await;
+        let mut resolution = lock(&self.resolution);
+        match fetched {
             Ok(key) => {
-                *slot = Some(key.clone());
+                resolution.key = Some(key.clone());
                 Ok(key)
             }
             // A failed re-resolution keeps the key we had: signing with the
             // known key beats failing every request while KMS hiccups.
             // Try again only after another TTL, so that a KMS outage does
             // not put two extra calls in front of every Sign.
-            Err(err) => match slot.as_mut() {
+            Err(err) => match resolution.key.as_mut() {
                 Some(key) => {
                     tracing::warn!(error = %err, "re-resolving the KMS key failed; keeping the current one");
                     key.resolved_at = now;

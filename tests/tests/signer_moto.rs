@@ -188,6 +188,54 @@ async fn kms_throttling_is_retried_a_bounded_number_of_times() {
     assert_eq!(proxy.calls("TrentService.Sign"), 6);
 }
 
+/// A signer whose key re-resolution is stuck (a request abandoned in the
+/// middle of it, or KMS slow to describe the key) must not hold up signing
+/// for anyone else: no lock is held across a KMS call.
+#[tokio::test]
+async fn a_stuck_key_re_resolution_does_not_hold_up_other_signatures() {
+    let moto = MotoServer::shared();
+    let proxy = FaultProxy::new(moto.endpoint());
+    let server = proxy.clone().serve(loopback()).await.unwrap();
+    let kms = aws_sdk_kms::Client::new(&sdk_config_for(&server.url()).await);
+    let alias = format!("alias/{}", unique("stuck"));
+    create_signing_key(&kms, &alias).await;
+    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let signer = Arc::new(KmsSigner::new(kms, &alias, Arc::new(clock.clone())));
+    signer.resolve().await.unwrap();
+    let issuer = Issuer::parse(ISSUER).unwrap();
+    let subject = Subject::parse("s").unwrap();
+    let claims = AssertionBuilder::new(&issuer, &subject)
+        .build(SystemClock.now_unix(), "j")
+        .unwrap();
+
+    // The resolved key is due for re-resolution, and DescribeKey hangs.
+    clock.advance(301);
+    proxy.delay("TrentService.DescribeKey", Duration::from_secs(30), 1);
+    let mut stuck = Box::pin(signer.sign_assertion(&claims));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut stuck)
+            .await
+            .is_err(),
+        "the first signature waits on DescribeKey"
+    );
+    assert_eq!(proxy.calls("TrentService.DescribeKey"), 2);
+    // `stuck` stays alive but is never polled again: a parked request.
+    let started = std::time::Instant::now();
+    let other = tokio::time::timeout(Duration::from_secs(5), signer.sign_assertion(&claims))
+        .await
+        .expect("another signature is not held up by the stuck re-resolution");
+    other.expect("signed with the key already known");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+    // Dropping the stuck call gives the turn back: the next caller re-resolves.
+    signer.sign_assertion(&claims).await.unwrap();
+    assert_eq!(proxy.calls("TrentService.DescribeKey"), 3);
+}
+
 fn token(expires_on: u64, value: &str) -> CachedToken {
     CachedToken {
         access_token: AccessToken::new(value.into()),
