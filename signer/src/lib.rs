@@ -19,6 +19,7 @@ pub mod dynamodb;
 pub mod entra;
 mod error;
 pub mod kms;
+pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod settings;

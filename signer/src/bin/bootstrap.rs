@@ -6,7 +6,9 @@ use lambda_http::{Request, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    // Like lambda_runtime's default subscriber, but the runtime crates never
+    // log the raw event (callers' credentials) whatever the level.
+    aws2azure_signer::logging::init();
     let config = match SignerConfig::from_env() {
         Ok(config) => config,
         Err(err) => {
