@@ -89,7 +89,8 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
                     TimeoutConfig::builder()
                         .connect_timeout(Duration::from_millis(500))
                         .operation_attempt_timeout(Duration::from_millis(800))
-                        .operation_timeout(Duration::from_secs(2))
+                        // The broker's budget for one shared-tier call.
+                        .operation_timeout(config.broker.shared_cache_timeout)
                         .build(),
                 )
                 .build();

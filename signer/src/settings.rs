@@ -115,7 +115,7 @@ impl SignerConfig {
         check_lifetime(broker.assertion_lifetime_secs)
             .map_err(|e| Error::config(ASSERTION_LIFETIME, e.to_string()))?;
         let attempt_ms = number(&get, ENTRA_ATTEMPT_TIMEOUT, 5_000, 500..=10_000)?;
-        let deadline_ms = number(&get, ENTRA_DEADLINE, 20_000, 1_000..=25_000)?;
+        let deadline_ms = number(&get, ENTRA_DEADLINE, 15_000, 1_000..=25_000)?;
         if attempt_ms > deadline_ms {
             return Err(Error::config(
                 ENTRA_ATTEMPT_TIMEOUT,
@@ -123,6 +123,9 @@ impl SignerConfig {
             ));
         }
         broker.exchange_deadline = Duration::from_millis(deadline_ms);
+        broker
+            .check_budget()
+            .map_err(|e| Error::config(ENTRA_DEADLINE, e.to_string()))?;
 
         let warm_entra = match get(WARM_ENTRA).as_deref() {
             None | Some("true") | Some("1") => true,
@@ -202,7 +205,8 @@ mod tests {
         assert_eq!(c.key, KeySource::Kms("alias/aws2azure-current".into()));
         assert_eq!(c.broker.refresh_margin_secs, 300);
         assert_eq!(c.broker.assertion_lifetime_secs, 300);
-        assert_eq!(c.broker.exchange_deadline, Duration::from_secs(20));
+        assert_eq!(c.broker.exchange_deadline, Duration::from_secs(15));
+        assert!(c.broker.worst_case() <= c.broker.request_deadline);
         assert_eq!(c.entra_attempt_timeout, Duration::from_secs(5));
         assert!(c.cache_table.is_none());
         assert!(c.warm_entra);
@@ -265,6 +269,19 @@ mod tests {
             let text = env(&pairs).unwrap_err().to_string();
             assert!(text.contains(hint), "{name}: {text}");
         }
+        // Within its own range, yet more than the request deadline leaves.
+        let mut pairs = base();
+        pairs.push((ENTRA_DEADLINE, "25000"));
+        let text = env(&pairs).unwrap_err().to_string();
+        assert!(
+            text.contains(ENTRA_DEADLINE)
+                && text.contains("request deadline of 24000 ms")
+                && text.contains("at most 16000 ms"),
+            "{text}"
+        );
+        let mut pairs = base();
+        pairs.push((ENTRA_DEADLINE, "16000"));
+        assert!(env(&pairs).is_ok(), "the largest deadline that fits");
         let mut pairs = base();
         pairs.push((ENTRA_ATTEMPT_TIMEOUT, "9000"));
         pairs.push((ENTRA_DEADLINE, "5000"));

@@ -14,6 +14,7 @@
 //!   inside API Gateway's 29 s, each attempt with a fresh assertion.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,10 @@ use crate::signing::AssertionSigner;
 use crate::token::{CachedToken, Freshness};
 
 /// Tunables, with the defaults of the design.
+///
+/// The time settings add up: a request's worst case (see
+/// [`BrokerSettings::worst_case`]) must fit in `request_deadline`, and
+/// [`BrokerSettings::check_budget`] refuses settings where it does not.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
     pub issuer: Issuer,
@@ -38,8 +43,8 @@ pub struct BrokerSettings {
     pub refresh_margin_secs: u64,
     /// Lifetime of each assertion (default 300 s, at most 600 s).
     pub assertion_lifetime_secs: u64,
-    /// The whole exchange, retries included (default 20 s; API Gateway
-    /// gives up at 29 s).
+    /// Every KMS `Sign` and Entra attempt of one load, retries and backoff
+    /// included (default 15 s).
     pub exchange_deadline: Duration,
     /// Attempts at Entra for one load, the first included (default 4).
     pub max_attempts: u32,
@@ -56,14 +61,18 @@ pub struct BrokerSettings {
     /// if longer.
     pub refresh_backoff: Duration,
     /// The whole request, waits and retries included (default 24 s: the
-    /// Lambda times out at 28 s, API Gateway at 29 s).
+    /// Lambda times out at 28 s, API Gateway at 29 s). Every inner budget
+    /// is cut to the time left before it.
     pub request_deadline: Duration,
     /// How long a refresh lease in the shared tier holds (default 30 s).
     pub lease_secs: u64,
-    /// How long to wait for a peer that holds the lease (default 5 s)...
+    /// How long to wait for a peer that holds the lease (default 4 s)...
     pub peer_wait: Duration,
     /// ...polling the shared tier this often (default 100 ms).
     pub peer_poll: Duration,
+    /// Longest wait for one call to the shared tier (default 2 s); the
+    /// first that runs over degrades the request to the in-process tier.
+    pub shared_cache_timeout: Duration,
 }
 
 impl BrokerSettings {
@@ -72,7 +81,7 @@ impl BrokerSettings {
             issuer,
             refresh_margin_secs: 300,
             assertion_lifetime_secs: aws2azure_shared::assertion::DEFAULT_LIFETIME_SECS,
-            exchange_deadline: Duration::from_secs(20),
+            exchange_deadline: Duration::from_secs(15),
             max_attempts: 4,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
@@ -80,9 +89,88 @@ impl BrokerSettings {
             refresh_backoff: Duration::from_secs(30),
             request_deadline: Duration::from_secs(24),
             lease_secs: 30,
-            peer_wait: Duration::from_secs(5),
+            peer_wait: Duration::from_secs(4),
             peer_poll: Duration::from_millis(100),
+            shared_cache_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// The longest a request can take with these settings: the shared tier
+    /// before the fetch (its calls and the wait for a peer, together at most
+    /// one call timeout plus the peer wait), every KMS and Entra attempt
+    /// (the exchange deadline), then storing the token and giving the lease
+    /// back (one call timeout for both).
+    pub fn worst_case(&self) -> Duration {
+        self.shared_cache_timeout
+            .saturating_mul(2)
+            .saturating_add(self.peer_wait)
+            .saturating_add(self.exchange_deadline)
+    }
+
+    /// Refuses settings whose worst case does not fit the request deadline:
+    /// the caller would get a timeout while the broker still worked, and
+    /// the work would be thrown away.
+    pub fn check_budget(&self) -> Result<(), BudgetExceeded> {
+        let worst_case = self.worst_case();
+        if worst_case <= self.request_deadline {
+            return Ok(());
+        }
+        let others = worst_case.saturating_sub(self.exchange_deadline);
+        Err(BudgetExceeded {
+            worst_case,
+            request_deadline: self.request_deadline,
+            shared_cache: self.shared_cache_timeout,
+            peer_wait: self.peer_wait,
+            exchange: self.exchange_deadline,
+            largest_exchange: self.request_deadline.saturating_sub(others),
+        })
+    }
+}
+
+/// Settings whose worst case exceeds the request deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a request could take {} ms (2 x shared cache {} ms + peer wait {} ms + exchange {} ms), \
+     more than the request deadline of {} ms; the exchange deadline can be at most {} ms",
+    worst_case.as_millis(), shared_cache.as_millis(), peer_wait.as_millis(), exchange.as_millis(),
+    request_deadline.as_millis(), largest_exchange.as_millis()
+)]
+pub struct BudgetExceeded {
+    pub worst_case: Duration,
+    pub request_deadline: Duration,
+    pub shared_cache: Duration,
+    pub peer_wait: Duration,
+    pub exchange: Duration,
+    /// The largest exchange deadline that fits with the other settings.
+    pub largest_exchange: Duration,
+}
+
+/// The instant by which a request must be answered; every inner wait is
+/// cut to the time left before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Self(Instant::now() + budget)
+    }
+
+    pub fn left(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    pub fn is_past(self) -> bool {
+        Instant::now() >= self.0
+    }
+
+    /// `budget`, or the time left if that is shorter.
+    pub fn cap(self, budget: Duration) -> Duration {
+        budget.min(self.left())
+    }
+
+    /// The earlier of this deadline and `budget` from now.
+    pub fn within(self, budget: Duration) -> Self {
+        self.min(Self::after(budget))
     }
 }
 
@@ -167,6 +255,10 @@ impl From<Error> for Failed {
     }
 }
 
+/// One load shared by every request for the same token. The load runs as
+/// its own task: a caller that gives up (its request deadline, a dropped
+/// connection) leaves it running to its own deadline, so the next caller
+/// finds its result instead of a parked future.
 type Flight = Shared<BoxFuture<'static, Result<Issued, Failed>>>;
 
 /// How hard a load tries at Entra.
@@ -176,6 +268,17 @@ enum Effort {
     Full,
     /// A still-valid token serves if this fails: one attempt, short budget.
     Refresh,
+}
+
+/// What one load is for: the token, how fresh it must be, how hard to try
+/// and by when.
+#[derive(Clone, Debug)]
+struct Load {
+    profile: Profile,
+    key: CacheKey,
+    min_validity: u64,
+    effort: Effort,
+    deadline: Deadline,
 }
 
 /// The broker. Cheap to clone; clones share caches and in-flight loads.
@@ -192,7 +295,10 @@ struct Inner {
     shared: Option<Arc<dyn SharedCache>>,
     memory: MemoryCache,
     clock: Arc<dyn Clock>,
-    flights: Mutex<HashMap<CacheKey, Flight>>,
+    /// In-flight loads by token, each with a number so that a finished
+    /// flight removes its own entry and never a successor's.
+    flights: Mutex<HashMap<CacheKey, (u64, Flight)>>,
+    next_flight: AtomicU64,
     /// Per token, when a refresh may be tried again after a failed one.
     refresh_not_before: Mutex<HashMap<CacheKey, u64>>,
     /// Names this instance as a lease holder.
@@ -222,6 +328,7 @@ impl Broker {
                 memory: MemoryCache::default(),
                 clock,
                 flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
                 refresh_not_before: Mutex::new(HashMap::new()),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
@@ -246,8 +353,10 @@ impl Broker {
     }
 
     /// A token for `profile_name` that stays valid at least `min_validity`
-    /// seconds (as far as Entra's token lifetime allows).
+    /// seconds (as far as Entra's token lifetime allows), within the
+    /// request deadline.
     pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Failed> {
+        let deadline = Deadline::after(self.inner.settings.request_deadline);
         let inner = &self.inner;
         let profile = inner
             .profiles
@@ -263,6 +372,13 @@ impl Broker {
         let key = CacheKey::for_profile(profile);
         let now = inner.clock.now_unix();
         let cached = inner.memory.get(&key);
+        let load = |effort| Load {
+            profile: profile.clone(),
+            key: key.clone(),
+            min_validity,
+            effort,
+            deadline,
+        };
         match cached.as_ref().map(|t| t.freshness(now, min_validity)) {
             Some(Freshness::Fresh) => Ok(Issued {
                 token: cached.expect("matched Some"),
@@ -283,10 +399,7 @@ impl Broker {
                     // on every request (AADSTS50196 punishes that).
                     return Ok(stale(Upstream::default(), None));
                 }
-                match self
-                    .load(profile, &key, min_validity, Effort::Refresh)
-                    .await
-                {
+                match self.load(load(Effort::Refresh)).await {
                     Ok(mut issued) => {
                         inner.clear_refresh_backoff(&key);
                         if issued.outcome == CacheOutcome::Miss {
@@ -313,27 +426,28 @@ impl Broker {
                     }
                 }
             }
-            Some(Freshness::Unusable) | None => {
-                self.load(profile, &key, min_validity, Effort::Full).await
-            }
+            Some(Freshness::Unusable) | None => self.load(load(Effort::Full)).await,
         }
     }
 
     /// Single flight: one load per cache key at a time in this process.
-    async fn load(
-        &self,
-        profile: &Profile,
-        key: &CacheKey,
-        min_validity: u64,
-        effort: Effort,
-    ) -> Result<Issued, Failed> {
+    async fn load(&self, load: Load) -> Result<Issued, Failed> {
         // A joined flight may have been started with a laxer `min_validity`
         // and served from a cache tier; then one more round is needed.
         for _round in 0..2 {
-            let (flight, joined) = self.flight(profile, key, min_validity, effort);
-            let mut issued = flight.await?;
+            let (flight, joined) = self.flight(&load);
+            // The flight runs to its own deadline; this caller waits at
+            // most to its own.
+            let mut issued = match tokio::time::timeout(load.deadline.left(), flight).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(
+                        Error::DeadlineExceeded(self.inner.settings.request_deadline).into(),
+                    );
+                }
+            };
             let now = self.inner.clock.now_unix();
-            let satisfied = issued.token.freshness(now, min_validity) != Freshness::Unusable;
+            let satisfied = issued.token.freshness(now, load.min_validity) != Freshness::Unusable;
             if !joined {
                 return Ok(issued);
             }
@@ -347,29 +461,23 @@ impl Broker {
         }
         // Two rounds of joined flights that could not satisfy the caller:
         // load alone (no coalescing) as a last resort.
-        self.inner
-            .load_uncoalesced(profile, key, min_validity, effort)
-            .await
+        self.inner.load_uncoalesced(&load).await
     }
 
-    fn flight(
-        &self,
-        profile: &Profile,
-        key: &CacheKey,
-        min_validity: u64,
-        effort: Effort,
-    ) -> (Flight, bool) {
+    fn flight(&self, load: &Load) -> (Flight, bool) {
         let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(flight) = flights.get(key) {
+        if let Some((_, flight)) = flights.get(&load.key) {
             return (flight.clone(), true);
         }
-        let inner = self.inner.clone();
-        let (profile, owned_key) = (profile.clone(), key.clone());
-        let flight = async move {
-            // A panic must not poison the shared future (every later
-            // request for this token would panic too): it becomes an error.
-            let load = inner.load_uncoalesced(&profile, &owned_key, min_validity, effort);
-            let result = match std::panic::AssertUnwindSafe(load).catch_unwind().await {
+        let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (inner, task_load) = (self.inner.clone(), load.clone());
+        let task = tokio::spawn(async move {
+            // A panic must not poison the shared result (every later
+            // request for this token would fail too): it becomes an error.
+            let result = match std::panic::AssertUnwindSafe(inner.load_uncoalesced(&task_load))
+                .catch_unwind()
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(Failed::from(Error::Internal(
                     "loading the token panicked; see the log".into(),
@@ -377,21 +485,38 @@ impl Broker {
             };
             // Leave the map before anyone can observe the result, so that a
             // later miss starts a new load instead of reusing this one.
-            inner
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&owned_key);
+            inner.end_flight(&task_load.key, id);
             result
+        });
+        let (inner, key) = (self.inner.clone(), load.key.clone());
+        let flight = async move {
+            match task.await {
+                Ok(result) => result,
+                Err(join_error) => {
+                    // Only a runtime shutting down cancels the task; its
+                    // entry must not outlive it.
+                    inner.end_flight(&key, id);
+                    Err(Failed::from(Error::Internal(format!(
+                        "the token load did not finish: {join_error}"
+                    ))))
+                }
+            }
         }
         .boxed()
         .shared();
-        flights.insert(key.clone(), flight.clone());
+        flights.insert(load.key.clone(), (id, flight.clone()));
         (flight, false)
     }
 }
 
 impl Inner {
+    fn end_flight(&self, key: &CacheKey, id: u64) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(key).is_some_and(|(current, _)| *current == id) {
+            flights.remove(key);
+        }
+    }
+
     fn refresh_not_before(&self, key: &CacheKey) -> u64 {
         let map = self
             .refresh_not_before
@@ -416,13 +541,8 @@ impl Inner {
         map.remove(key);
     }
 
-    async fn load_uncoalesced(
-        &self,
-        profile: &Profile,
-        key: &CacheKey,
-        min_validity: u64,
-        effort: Effort,
-    ) -> Result<Issued, Failed> {
+    async fn load_uncoalesced(&self, load: &Load) -> Result<Issued, Failed> {
+        let key = &load.key;
         let now = self.clock.now_unix();
         let served = |token: CachedToken, outcome, upstream| Issued {
             token,
@@ -433,7 +553,7 @@ impl Inner {
         // A flight that finished just before this one started may have
         // filled the in-process tier.
         if let Some(t) = self.memory.get(key)
-            && t.freshness(now, min_validity) == Freshness::Fresh
+            && t.freshness(now, load.min_validity) == Freshness::Fresh
         {
             return Ok(served(t, CacheOutcome::Hit, Upstream::default()));
         }
@@ -441,8 +561,13 @@ impl Inner {
         let mut still_valid: Option<CachedToken> = None;
         let mut leased = false;
         if let Some(shared) = &self.shared {
+            // The shared tier's whole share of the request: its calls and
+            // the wait for a peer, whatever happens in between.
+            let until = load
+                .deadline
+                .within(self.settings.shared_cache_timeout + self.settings.peer_wait);
             match self
-                .read_shared(shared.as_ref(), key, now, min_validity, &mut upstream)
+                .read_shared(shared.as_ref(), load, until, &mut upstream)
                 .await
             {
                 SharedState::Fresh(t) => {
@@ -453,8 +578,9 @@ impl Inner {
                 SharedState::Missing | SharedState::Degraded => {}
             }
             if !upstream.shared_cache_degraded {
-                let until = now + self.settings.lease_secs;
-                match shared.try_lease(key, &self.instance_id, now, until).await {
+                let lease_until = now + self.settings.lease_secs;
+                let leasing = shared.try_lease(key, &self.instance_id, now, lease_until);
+                match self.bounded(until, leasing).await {
                     Ok(true) => leased = true,
                     Ok(false) => {
                         if let Some(t) = still_valid.take() {
@@ -462,7 +588,7 @@ impl Inner {
                             return Ok(served(t, CacheOutcome::Stale, upstream));
                         }
                         match self
-                            .await_peer(shared.as_ref(), key, min_validity, &mut upstream)
+                            .await_peer(shared.as_ref(), load, until, &mut upstream)
                             .await
                         {
                             PeerOutcome::Delivered(t) => {
@@ -485,25 +611,45 @@ impl Inner {
                     Err(err) => self.degrade(&err, &mut upstream),
                 }
             }
+            if leased {
+                // A peer may have stored the token between our read and our
+                // lease (it released its lease just before we took ours):
+                // one more read spares KMS and Entra a duplicate load.
+                match self
+                    .read_shared(shared.as_ref(), load, until, &mut upstream)
+                    .await
+                {
+                    SharedState::Fresh(t) => {
+                        self.finish_shared(shared, key, None, true, load.deadline, &mut upstream)
+                            .await;
+                        self.memory.put(key, t.clone());
+                        return Ok(served(t, CacheOutcome::SharedHit, upstream));
+                    }
+                    SharedState::RefreshDue(t) => still_valid = still_valid.or(Some(t)),
+                    SharedState::Missing | SharedState::Degraded => {}
+                }
+            }
         }
 
         // With a still-valid token to fall back on, one short attempt.
         let effort = if still_valid.is_some() {
             Effort::Refresh
         } else {
-            effort
+            load.effort
         };
-        let fetched = self.fetch(profile, &mut upstream, effort).await;
+        let fetched = self
+            .fetch(&load.profile, &mut upstream, effort, load.deadline)
+            .await;
         if let Some(shared) = &self.shared {
-            if let Ok(token) = &fetched
-                && !upstream.shared_cache_degraded
-                && let Err(err) = shared.put(key, token).await
-            {
-                self.degrade(&err, &mut upstream);
-            }
-            if leased && let Err(err) = shared.release_lease(key, &self.instance_id).await {
-                tracing::warn!(profile = %key.profile, error = %err, "could not release the refresh lease; it expires by itself");
-            }
+            self.finish_shared(
+                shared,
+                key,
+                fetched.as_ref().ok(),
+                leased,
+                load.deadline,
+                &mut upstream,
+            )
+            .await;
         }
         match fetched {
             Ok(token) => {
@@ -528,16 +674,60 @@ impl Inner {
         }
     }
 
+    /// Stores a fetched token in the shared tier and gives the lease back,
+    /// both within one shared-tier call timeout.
+    async fn finish_shared(
+        &self,
+        shared: &Arc<dyn SharedCache>,
+        key: &CacheKey,
+        token: Option<&CachedToken>,
+        leased: bool,
+        deadline: Deadline,
+        upstream: &mut Upstream,
+    ) {
+        let until = deadline.within(self.settings.shared_cache_timeout);
+        if let Some(token) = token
+            && !upstream.shared_cache_degraded
+            && let Err(err) = self.bounded(until, shared.put(key, token)).await
+        {
+            self.degrade(&err, upstream);
+        }
+        if leased
+            && let Err(err) = self
+                .bounded(until, shared.release_lease(key, &self.instance_id))
+                .await
+        {
+            tracing::warn!(profile = %key.profile, error = %err, "could not release the refresh lease; it expires by itself");
+        }
+    }
+
+    /// One shared-tier call, given at most its timeout and never past
+    /// `until`.
+    async fn bounded<T>(
+        &self,
+        until: Deadline,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let budget = until.cap(self.settings.shared_cache_timeout);
+        match tokio::time::timeout(budget, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Cache(format!(
+                "the shared token cache did not answer within {} ms",
+                budget.as_millis()
+            ))),
+        }
+    }
+
     async fn read_shared(
         &self,
         shared: &dyn SharedCache,
-        key: &CacheKey,
-        now: u64,
-        min_validity: u64,
+        load: &Load,
+        until: Deadline,
         upstream: &mut Upstream,
     ) -> SharedState {
-        match shared.get(key, now).await {
-            Ok(Some(t)) => match t.freshness(now, min_validity) {
+        let now = self.clock.now_unix();
+        match self.bounded(until, shared.get(&load.key, now)).await {
+            Ok(Some(t)) => match t.freshness(now, load.min_validity) {
                 Freshness::Fresh => SharedState::Fresh(t),
                 Freshness::RefreshDue => SharedState::RefreshDue(t),
                 Freshness::Unusable => SharedState::Missing,
@@ -551,34 +741,40 @@ impl Inner {
     }
 
     /// Waits for the peer holding the lease to store a token; if it does
-    /// not within `peer_wait`, tries to take the lease over.
+    /// not within `peer_wait` (or before `until`), tries to take the lease
+    /// over.
     async fn await_peer(
         &self,
         shared: &dyn SharedCache,
-        key: &CacheKey,
-        min_validity: u64,
+        load: &Load,
+        until: Deadline,
         upstream: &mut Upstream,
     ) -> PeerOutcome {
-        let deadline = Instant::now() + self.settings.peer_wait;
-        while Instant::now() < deadline {
-            tokio::time::sleep(self.settings.peer_poll).await;
-            let now = self.clock.now_unix();
-            match self
-                .read_shared(shared, key, now, min_validity, upstream)
-                .await
-            {
+        // Keep one call's time for taking the lease over.
+        let waiting = Deadline::after(
+            until
+                .left()
+                .saturating_sub(self.settings.shared_cache_timeout),
+        )
+        .within(self.settings.peer_wait);
+        while !waiting.is_past() {
+            tokio::time::sleep(waiting.cap(self.settings.peer_poll)).await;
+            match self.read_shared(shared, load, until, upstream).await {
                 SharedState::Fresh(t) => return PeerOutcome::Delivered(t),
                 SharedState::Degraded => return PeerOutcome::Degraded,
                 SharedState::RefreshDue(_) | SharedState::Missing => {}
             }
         }
         let now = self.clock.now_unix();
-        match shared
-            .try_lease(key, &self.instance_id, now, now + self.settings.lease_secs)
-            .await
-        {
+        let leasing = shared.try_lease(
+            &load.key,
+            &self.instance_id,
+            now,
+            now + self.settings.lease_secs,
+        );
+        match self.bounded(until, leasing).await {
             Ok(true) => {
-                tracing::warn!(profile = %key.profile, "the peer holding the refresh lease released it without a token; fetching");
+                tracing::warn!(profile = %load.key.profile, "the peer holding the refresh lease released it without a token; fetching");
                 PeerOutcome::LeaseTaken
             }
             Ok(false) => PeerOutcome::StillBusy,
@@ -596,19 +792,22 @@ impl Inner {
         upstream.shared_cache_degraded = true;
     }
 
-    /// Signs a fresh assertion and exchanges it, retrying what can succeed.
+    /// Signs a fresh assertion and exchanges it, retrying what can succeed,
+    /// each step within the time left.
     async fn fetch(
         &self,
         profile: &Profile,
         upstream: &mut Upstream,
         effort: Effort,
+        request_deadline: Deadline,
     ) -> Result<CachedToken, Error> {
         let settings = &self.settings;
         let (max_attempts, budget) = match effort {
             Effort::Full => (settings.max_attempts, settings.exchange_deadline),
             Effort::Refresh => (1, settings.refresh_budget.min(settings.exchange_deadline)),
         };
-        let deadline = Instant::now() + budget;
+        let deadline = request_deadline.within(budget);
+        let budget = deadline.left();
         let token_endpoint = profile.token_endpoint();
         let mut attempt = 0;
         loop {
@@ -620,12 +819,20 @@ impl Inner {
             let signing = Instant::now();
             // KMS throttling is retried by the SDK client itself (bounded);
             // a second retry loop here would multiply the attempts.
-            let assertion = self.signer.sign_assertion(&claims).await;
+            let assertion =
+                match tokio::time::timeout(deadline.left(), self.signer.sign_assertion(&claims))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::KmsUnreachable(format!(
+                        "signing did not finish within the {} ms left",
+                        budget.as_millis()
+                    ))),
+                };
             upstream.sign_calls += 1;
             upstream.sign_ms += signing.elapsed().as_millis() as u64;
             let assertion = assertion?;
 
-            let remaining = deadline.saturating_duration_since(Instant::now());
             let request = ExchangeRequest {
                 token_endpoint: &token_endpoint,
                 client_id: profile.client_id.as_str(),
@@ -634,7 +841,8 @@ impl Inner {
             };
             let calling = Instant::now();
             let result =
-                match tokio::time::timeout(remaining, self.exchange.exchange(&request)).await {
+                match tokio::time::timeout(deadline.left(), self.exchange.exchange(&request)).await
+                {
                     Ok(result) => result,
                     Err(_) => Err(Error::EntraTimeout(budget)),
                 };
@@ -648,10 +856,7 @@ impl Inner {
                 return Err(err);
             }
             let wait = err.retry_after().unwrap_or_else(|| self.backoff(attempt));
-            if Instant::now()
-                .checked_add(wait)
-                .is_none_or(|at| at >= deadline)
-            {
+            if wait >= deadline.left() {
                 tracing::warn!(profile = %profile.name, attempt, wait_ms = wait.as_millis() as u64, "no time left to retry Entra");
                 return Err(err);
             }

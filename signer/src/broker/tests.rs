@@ -86,6 +86,14 @@ fn rig(script: Vec<Error>, delay: Duration) -> Rig {
 }
 
 fn rig_with(entra: FakeEntra, shared: Option<Arc<dyn SharedCache>>) -> Rig {
+    rig_tuned(entra, shared, |_| {})
+}
+
+fn rig_tuned(
+    entra: FakeEntra,
+    shared: Option<Arc<dyn SharedCache>>,
+    tune: impl FnOnce(&mut BrokerSettings),
+) -> Rig {
     let profiles = Profiles::from_json(
         r#"{"graph": {"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
             "client_id": "00000000-1111-2222-3333-444444444444",
@@ -98,13 +106,14 @@ fn rig_with(entra: FakeEntra, shared: Option<Arc<dyn SharedCache>>) -> Rig {
         inner: crate::signing::LocalKeySigner::generate().unwrap(),
     });
     let entra = Arc::new(entra);
-    let mut settings =
-        BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
+    let mut settings = BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
     settings.backoff_base = Duration::from_millis(5);
     settings.backoff_max = Duration::from_millis(20);
     settings.exchange_deadline = Duration::from_secs(2);
     settings.peer_wait = Duration::from_millis(200);
     settings.peer_poll = Duration::from_millis(20);
+    settings.shared_cache_timeout = Duration::from_millis(200);
+    tune(&mut settings);
     let broker = Broker::new(
         profiles,
         settings,
@@ -423,11 +432,25 @@ struct FakeShared {
     tokens: Mutex<HashMap<CacheKey, CachedToken>>,
     lease: Mutex<Option<(String, u64)>>,
     releases: AtomicU32,
+    /// A peer's token that lands just as the lease is taken.
+    lands_with_lease: Mutex<Option<CachedToken>>,
+    /// Every call hangs (a shared tier that accepts connections but never
+    /// answers).
+    hang: std::sync::atomic::AtomicBool,
+}
+
+impl FakeShared {
+    async fn maybe_hang(&self) {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[async_trait]
 impl SharedCache for FakeShared {
     async fn get(&self, key: &CacheKey, now: u64) -> Result<Option<CachedToken>, Error> {
+        self.maybe_hang().await;
         let tokens = self.tokens.lock().unwrap();
         Ok(tokens.get(key).filter(|t| t.expires_on > now).cloned())
     }
@@ -440,11 +463,15 @@ impl SharedCache for FakeShared {
     }
     async fn try_lease(
         &self,
-        _: &CacheKey,
+        key: &CacheKey,
         holder: &str,
         now: u64,
         until: u64,
     ) -> Result<bool, Error> {
+        self.maybe_hang().await;
+        if let Some(token) = self.lands_with_lease.lock().unwrap().take() {
+            self.tokens.lock().unwrap().insert(key.clone(), token);
+        }
         let mut lease = self.lease.lock().unwrap();
         match &*lease {
             Some((_, held_until)) if *held_until >= now => Ok(false),
@@ -540,4 +567,93 @@ async fn the_lease_is_released_after_a_failed_fetch() {
         shared.lease.lock().unwrap().is_none(),
         "others may try at once"
     );
+}
+
+#[tokio::test]
+async fn a_token_stored_by_a_peer_just_before_the_lease_is_not_fetched_again() {
+    let (r, shared) = shared_rig();
+    let peer_token = CachedToken {
+        access_token: AccessToken::new("peer-token".into()),
+        token_type: "Bearer".into(),
+        expires_on: T0 + 3599,
+        refresh_on: T0 + 3299,
+    };
+    *shared.lands_with_lease.lock().unwrap() = Some(peer_token.clone());
+    let issued = r.token("graph", 0).await.unwrap();
+    assert_eq!(issued.token, peer_token);
+    assert_eq!(issued.outcome, CacheOutcome::SharedHit);
+    assert_eq!((r.sign_calls(), r.entra_calls()), (0, 0));
+    assert!(
+        shared.lease.lock().unwrap().is_none(),
+        "the lease is given back"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_leaves_the_load_running_for_the_next() {
+    let r = rig(vec![], Duration::from_millis(300));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), r.token("graph", 0))
+            .await
+            .is_err(),
+        "the first caller gives up while Entra is still answering"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        r.broker.inner.memory.len(),
+        1,
+        "the load finished with nobody waiting on it"
+    );
+    let issued = r.token("graph", 0).await.unwrap();
+    assert_eq!(issued.outcome, CacheOutcome::Hit);
+    assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
+    assert!(r.broker.inner.flights.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_request_deadline_bounds_every_inner_wait() {
+    let r = rig_tuned(FakeEntra::new(vec![], Duration::from_secs(1)), None, |s| {
+        s.exchange_deadline = Duration::from_secs(2);
+        s.request_deadline = Duration::from_millis(300);
+    });
+    let started = Instant::now();
+    let err = r.token("graph", 0).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        err.api_status().0,
+        http::StatusCode::GATEWAY_TIMEOUT,
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_tier_that_never_answers_costs_one_call_timeout() {
+    let shared = Arc::new(FakeShared::default());
+    shared.hang.store(true, Ordering::SeqCst);
+    let r = rig_with(FakeEntra::new(vec![], Duration::ZERO), Some(shared.clone()));
+    let started = Instant::now();
+    let issued = r.token("graph", 0).await.unwrap();
+    assert_eq!(issued.outcome, CacheOutcome::Miss);
+    assert!(issued.upstream.shared_cache_degraded);
+    // One 200 ms call timeout for the read; the put is skipped once degraded.
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn settings_whose_worst_case_exceeds_the_request_deadline_are_refused() {
+    let mut settings = BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
+    assert_eq!(settings.check_budget(), Ok(()));
+    assert!(settings.worst_case() <= settings.request_deadline);
+    settings.exchange_deadline = Duration::from_secs(25);
+    let err = settings.check_budget().unwrap_err();
+    assert_eq!(err.largest_exchange, Duration::from_secs(16));
+    assert!(err.to_string().contains("at most 16000 ms"), "{err}");
 }
