@@ -2,6 +2,12 @@
 //! API: init from the environment (KMS and DynamoDB in moto, Entra and the
 //! edge from the devstack), real REST events in, API Gateway responses out,
 //! JSON logs and EMF metrics on stdout.
+//!
+//! By default the native binary cargo builds for this test runs. To run the
+//! deployable one instead, set `AWS2AZURE_BOOTSTRAP` to its path and, for a
+//! foreign architecture, `AWS2AZURE_BOOTSTRAP_RUNNER` to the emulator
+//! command (whitespace-separated) that runs it: `scripts/test-arm64` runs the
+//! arm64 build under `qemu-aarch64-static -L /usr/aarch64-linux-gnu`.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +24,27 @@ use tokio::io::AsyncReadExt;
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "00000000-1111-2222-3333-444444444444";
 const EVENT: &str = include_str!("fixtures/rest-iam-user.json");
+
+/// The bootstrap process to start: `AWS2AZURE_BOOTSTRAP` (default: the
+/// native build) behind the optional `AWS2AZURE_BOOTSTRAP_RUNNER`.
+fn bootstrap() -> tokio::process::Command {
+    let binary = std::env::var("AWS2AZURE_BOOTSTRAP")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bootstrap").to_string());
+    assert!(
+        std::path::Path::new(&binary).is_file(),
+        "AWS2AZURE_BOOTSTRAP={binary} is not a file: build it (./scripts/build-lambda) or unset it"
+    );
+    let runner = std::env::var("AWS2AZURE_BOOTSTRAP_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        None => tokio::process::Command::new(binary),
+        Some(emulator) => {
+            let mut command = tokio::process::Command::new(emulator);
+            command.args(runner).arg(binary);
+            command
+        }
+    }
+}
 
 fn lambda_env(runtime_api: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -68,7 +95,7 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
         "scope": "https://graph.microsoft.com/.default", "subject": "aws2azure:graph",
         "authority": entra_server.url()}});
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+    let mut child = bootstrap()
         .envs(lambda_env(&runtime_server.addr().to_string()))
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS2AZURE_ISSUER", edge.issuer().as_str())
@@ -79,7 +106,7 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
+        .expect("the bootstrap (or AWS2AZURE_BOOTSTRAP_RUNNER) starts");
     while runtime.first_poll().is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -87,15 +114,23 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Figures for scripts/test-arm64 (shown with --nocapture).
+    let init = runtime.first_poll().unwrap().duration_since(started);
+    println!("bootstrap init: {} ms to the first poll", init.as_millis());
 
     let event: Value = serde_json::from_str(EVENT).unwrap();
     let mut tokens = vec![];
-    for _ in 0..2 {
+    for request in ["first (miss)", "second (hit)"] {
+        let sent = Instant::now();
         let Some(Outcome::Response(response)) =
             runtime.invoke(event.clone(), Duration::from_secs(20)).await
         else {
             panic!("no response from the function");
         };
+        println!(
+            "bootstrap {request} token request: {} ms",
+            sent.elapsed().as_millis()
+        );
         assert_eq!(response["statusCode"], 200, "{response}");
         let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["profile"], "graph");
@@ -156,14 +191,14 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
 async fn a_bad_setting_fails_init_with_one_line_naming_it() {
     let runtime = RuntimeApi::default();
     let server = runtime.serve(loopback()).await.unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+    let output = bootstrap()
         .envs(lambda_env(&server.addr().to_string()))
         .env("AWS2AZURE_ISSUER", "http://issuer.example.com")
         .env("AWS2AZURE_PROFILES", "{}")
         .env("AWS2AZURE_KMS_KEY", "alias/x")
         .output()
         .await
-        .unwrap();
+        .expect("the bootstrap (or AWS2AZURE_BOOTSTRAP_RUNNER) starts");
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line: Value = stdout
