@@ -44,8 +44,21 @@ pub enum Error {
         description: String,
         aadsts: Option<String>,
     },
-    #[error("token cache: {0}")]
-    Cache(String),
+    /// The token cache could not be read or written; the command goes on
+    /// without it.
+    #[error("token cache: {path}: {source}")]
+    CacheIo {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Something in the token cache is not to be trusted; the command goes
+    /// to the API instead.
+    #[error("token cache: {path} {problem}; not using it (fix: {fix})")]
+    CacheUntrusted {
+        path: String,
+        problem: String,
+        fix: String,
+    },
     #[error("{0}")]
     Dev(String),
 }

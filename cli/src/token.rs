@@ -13,7 +13,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::{Path, PathBuf};
+mod cache;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
@@ -23,9 +26,9 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws2azure_shared::discovery::is_loopback_host;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::Error;
+use cache::{CacheKey, Folder};
 
 /// The token API's answer.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,7 +126,9 @@ impl TokenClient {
         })
     }
 
-    /// Reuses tokens stored in `dir` (created with mode 0700).
+    /// Reuses tokens stored in `dir` (created with mode 0700). A folder or
+    /// file another user could have written is reported on standard error
+    /// and not used: the token then comes from the API.
     pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.cache_dir = dir;
         self
@@ -137,31 +142,32 @@ impl TokenClient {
             .provide_credentials()
             .await
             .map_err(|e| Error::Credentials(e.to_string()))?;
-        let cache_file = self.cache_dir.as_ref().map(|dir| {
-            // Keyed by the AWS identity too: two roles on one machine must
-            // never share a token.
-            let key = format!(
-                "{}\n{profile}\n{}",
-                self.endpoint,
-                credentials.access_key_id()
-            );
-            dir.join(format!(
-                "{}.json",
-                hex::encode(&Sha256::digest(key.as_bytes())[..16])
-            ))
-        });
-        if let Some(path) = &cache_file
-            && let Some(cached) = read_cached(path)
-            && cached.expires_on.saturating_sub(now()) > min_validity
-        {
-            return Ok(TokenResponse {
-                expires_in: cached.expires_on.saturating_sub(now()),
-                ..cached
-            });
+        let key = CacheKey {
+            endpoint: &self.endpoint,
+            profile,
+            access_key_id: credentials.access_key_id(),
+        };
+        // An unusable or untrusted cache is reported, never fatal: the API
+        // can still answer.
+        let folder = self
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| Folder::open(dir).map_err(warn).ok());
+        if let Some(folder) = &folder {
+            match folder.read(&key) {
+                Ok(Some(cached)) if cached.expires_on.saturating_sub(now()) > min_validity => {
+                    return Ok(TokenResponse {
+                        expires_in: cached.expires_on.saturating_sub(now()),
+                        ..cached
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => warn(e),
+            }
         }
         let fresh = self.request(profile, min_validity, &credentials).await?;
-        if let Some(path) = &cache_file
-            && let Err(e) = write_cached(path, &fresh)
+        if let Some(folder) = &folder
+            && let Err(e) = folder.write(&key, &fresh)
         {
             // The token is in hand; a read-only home must not fail the call.
             eprintln!("warning: {e}; the token is not cached");
@@ -271,49 +277,25 @@ pub fn region_from_host(endpoint: &str) -> Option<String> {
     (labels.next()? == "execute-api").then(|| labels.next().map(str::to_string))?
 }
 
-fn read_cached(path: &Path) -> Option<TokenResponse> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn write_cached(path: &Path, token: &TokenResponse) -> Result<(), Error> {
-    let dir = path.parent().expect("cache files live in a directory");
-    let fail = |e: std::io::Error| Error::Cache(format!("{}: {e}", dir.display()));
-    if !dir.exists() {
-        // Only a folder this creates is made private; an existing one (the
-        // user's choice, maybe their home) keeps its mode.
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder.create(dir).map_err(fail)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp).map_err(fail)?;
-        file.write_all(&serde_json::to_vec(token).expect("serialises"))
-            .map_err(fail)?;
-    }
-    std::fs::rename(&tmp, path).map_err(fail)
+/// What the cache says when it is not used, on standard error: stdout
+/// carries the token.
+fn warn(error: Error) {
+    eprintln!("warning: {error}");
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/aws2azure` or
-/// `~/.cache/aws2azure`.
+/// `~/.cache/aws2azure`. A relative `XDG_CACHE_HOME` is ignored, as the XDG
+/// specification says: it would put the cache wherever the command runs.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("aws2azure"))
+    cache_dir_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+}
+
+fn cache_dir_from(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let absolute = |dir: OsString| Some(PathBuf::from(dir)).filter(|d| d.is_absolute());
+    xdg_cache_home
+        .and_then(absolute)
+        .or_else(|| home.and_then(absolute).map(|home| home.join(".cache")))
+        .map(|dir| dir.join("aws2azure"))
 }
 
 #[cfg(test)]
@@ -361,35 +343,25 @@ mod tests {
     }
 
     #[test]
-    fn cache_files_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("t.json");
-        let token = TokenResponse {
-            access_token: "secret".into(),
-            token_type: "Bearer".into(),
-            expires_in: 10,
-            expires_on: 20,
-            profile: "p".into(),
-            scope: "s".into(),
+    fn the_default_cache_dir_is_absolute_or_none() {
+        let dir = |xdg: Option<&str>, home: Option<&str>| {
+            cache_dir_from(xdg.map(Into::into), home.map(Into::into))
         };
-        write_cached(&path, &token).unwrap();
-        assert_eq!(read_cached(&path), Some(token.clone()));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-            assert_eq!(
-                std::fs::metadata(path.parent().unwrap())
-                    .unwrap()
-                    .permissions()
-                    .mode()
-                    & 0o777,
-                0o700
-            );
-        }
-        assert!(!format!("{token:?}").contains("secret"));
+        assert_eq!(
+            dir(Some("/x/cache"), Some("/home/u")),
+            Some(PathBuf::from("/x/cache/aws2azure"))
+        );
+        assert_eq!(
+            dir(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/aws2azure"))
+        );
+        // Relative (or empty) values would put the cache wherever the
+        // command runs: ignored.
+        assert_eq!(
+            dir(Some("cache"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/aws2azure"))
+        );
+        assert_eq!(dir(Some(""), Some("")), None);
+        assert_eq!(dir(None, None), None);
     }
 }

@@ -97,19 +97,32 @@ pub struct KeyRefresh {
     pub store_copy: bool,
 }
 
+/// How long an isolate with no key document at all waits after a read that
+/// left it without one: this, doubled after each further such read, up to
+/// [`NO_DOCUMENT_RETRY_MAX`], and never longer than the refresh interval.
+pub const NO_DOCUMENT_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two reads while there is no key document: how
+/// late, at most, a freshly published first document is picked up (on top
+/// of KV's own propagation).
+pub const NO_DOCUMENT_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// The key document an isolate serves, and when it last asked KV.
 ///
-/// Sans I/O: the shell reads the store when [`Self::is_due`] says so and
-/// hands the result to [`Self::apply_store_read`]; this type decides what
-/// is served. The same logic therefore runs in native tests and in workerd.
+/// Sans I/O: the shell reads the store when [`Self::claim_read`] says so
+/// and hands the result to [`Self::apply_store_read`]; this type decides
+/// what is served and when the store is read. The same logic therefore runs
+/// in native tests and in workerd.
 #[derive(Debug)]
 pub struct LastGoodKeys {
     current: Option<Arc<KeyDocument>>,
     /// The store bytes `current` came from: an unchanged document costs a
     /// byte comparison, not a parse, on every refresh.
     current_raw: Vec<u8>,
+    /// When the store was last read, or a read claimed.
     checked_at_ms: Option<u64>,
     refresh_ms: u64,
+    /// Store reads in a row that left the isolate without any document.
+    reads_without_document: u32,
 }
 
 impl LastGoodKeys {
@@ -119,7 +132,8 @@ impl LastGoodKeys {
             current: None,
             current_raw: Vec::new(),
             checked_at_ms: None,
-            refresh_ms: u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX),
+            refresh_ms: millis(refresh),
+            reads_without_document: 0,
         }
     }
 
@@ -128,18 +142,61 @@ impl LastGoodKeys {
         self.current.as_ref()
     }
 
-    /// Whether the store should be read now: always while there is no copy
-    /// (the edge would otherwise answer 503), else once per refresh interval.
+    /// Whether the store should be read now: with a document, once per
+    /// refresh interval; without one, soon after a failed read but not on
+    /// every request (1 s, then backing off to every 10 s), since every
+    /// request for the key set would otherwise cost a KV and a Cache API
+    /// read for as long as the document is missing or KV fails.
     pub fn is_due(&self, now_ms: u64) -> bool {
-        match (&self.current, self.checked_at_ms) {
-            (Some(_), Some(at)) => now_ms.saturating_sub(at) >= self.refresh_ms,
-            _ => true,
+        let Some(at) = self.checked_at_ms else {
+            return true;
+        };
+        let wait = match self.current {
+            Some(_) => self.refresh_ms,
+            None => self.retry_wait_ms(),
+        };
+        now_ms.saturating_sub(at) >= wait
+    }
+
+    /// The wait after a read that left the isolate without a document:
+    /// 1 s, 2 s, 4 s, 8 s, then 10 s, capped by the refresh interval (so
+    /// `KV_REFRESH_SECONDS = 0` still reads on every request).
+    fn retry_wait_ms(&self) -> u64 {
+        let doublings = self.reads_without_document.saturating_sub(1).min(16);
+        (millis(NO_DOCUMENT_RETRY_FIRST) << doublings)
+            .min(millis(NO_DOCUMENT_RETRY_MAX))
+            .min(self.refresh_ms)
+    }
+
+    /// [`Self::is_due`], and if so, the read is recorded as started now:
+    /// Workers interleave an isolate's requests at every `await`, so
+    /// without this each request arriving during the read would start one
+    /// of its own. Those requests are answered with what is in force (the
+    /// current document, or 503 like the ones before them). A fresh
+    /// isolate's first requests are the exception: with nothing ever read,
+    /// each goes to the store rather than answer 503 untried.
+    pub fn claim_read(&mut self, now_ms: u64) -> bool {
+        if !self.is_due(now_ms) {
+            return false;
         }
+        if self.checked_at_ms.is_some() {
+            self.checked_at_ms = Some(now_ms);
+        }
+        true
     }
 
     /// Takes in what KV returned. A valid document replaces the current one;
     /// anything else keeps it and is reported.
     pub fn apply_store_read(&mut self, now_ms: u64, fetched: Fetched) -> KeyRefresh {
+        let refresh = self.apply(now_ms, fetched);
+        self.reads_without_document = match self.current {
+            Some(_) => 0,
+            None => self.reads_without_document.saturating_add(1),
+        };
+        refresh
+    }
+
+    fn apply(&mut self, now_ms: u64, fetched: Fetched) -> KeyRefresh {
         self.checked_at_ms = Some(now_ms);
         let mut refresh = KeyRefresh::default();
         match fetched {
@@ -195,6 +252,10 @@ impl LastGoodKeys {
             Fetched::Failed(err) => Some(Event::new(EventKind::KeyCopyFailed).failed(err)),
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -336,14 +397,78 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn without_any_copy_every_request_asks_the_store_again() {
+    fn without_any_copy_the_store_is_asked_again_within_seconds_not_every_request() {
         let mut keys = LastGoodKeys::new(MINUTE);
         keys.apply_store_read(0, Fetched::Missing);
         assert!(keys.current().is_none());
-        assert!(keys.is_due(1), "no copy: do not wait a minute to retry");
-        keys.apply_store_read(1, Fetched::Found(b"{}".to_vec()));
+        assert!(!keys.is_due(999), "not on every request");
+        assert!(keys.is_due(1_000), "no copy: do not wait a minute to retry");
+        keys.apply_store_read(1_000, Fetched::Found(b"{}".to_vec()));
         assert!(keys.current().is_none());
-        assert!(keys.is_due(2));
+        assert!(!keys.is_due(2_999), "backing off");
+        assert!(keys.is_due(3_000));
+        // A good document ends the back-off: the refresh interval applies.
+        keys.apply_store_read(3_000, Fetched::Found(key_set_json().into_bytes()));
+        assert!(!keys.is_due(62_999));
+        assert!(keys.is_due(63_000));
+    }
+
+    /// The reads one isolate makes while KV has no document and a request
+    /// for the key set arrives every `every_ms`, over `for_ms`.
+    fn reads_while_missing(refresh: Duration, every_ms: u64, for_ms: u64) -> Vec<u64> {
+        let mut keys = LastGoodKeys::new(refresh);
+        let mut reads = Vec::new();
+        for now in (0..for_ms).step_by(every_ms as usize) {
+            if keys.claim_read(now) {
+                reads.push(now);
+                let r = keys.apply_store_read(now, Fetched::Missing);
+                assert_eq!(kinds(&r.events), [EventKind::KeyDocumentMissing]);
+            }
+        }
+        reads
+    }
+
+    #[test]
+    fn without_any_copy_reads_back_off_to_one_every_ten_seconds() {
+        // 6000 requests in a minute: 9 reads, not 6000.
+        assert_eq!(
+            reads_while_missing(MINUTE, 10, 60_000),
+            [
+                0, 1_000, 3_000, 7_000, 15_000, 25_000, 35_000, 45_000, 55_000
+            ]
+        );
+        // Never waits longer than the refresh interval.
+        assert_eq!(
+            reads_while_missing(Duration::from_secs(3), 10, 12_000),
+            [0, 1_000, 3_000, 6_000, 9_000]
+        );
+        // `KV_REFRESH_SECONDS = 0` asks for a read on every request.
+        assert_eq!(reads_while_missing(Duration::ZERO, 1, 5), [0, 1, 2, 3, 4]);
+        // An hour of failed reads does not overflow the back-off: 0, 1, 3,
+        // 7 s, then every 10 s from 15 s to 3595 s.
+        let hour = reads_while_missing(MINUTE, 1_000, 3_600_000);
+        assert_eq!(hour.len(), 4 + 359);
+        assert!(hour.windows(2).all(|w| w[1] - w[0] <= 10_000));
+    }
+
+    #[test]
+    fn a_claimed_read_keeps_interleaved_requests_from_reading_too() {
+        let mut keys = LastGoodKeys::new(MINUTE);
+        // A fresh isolate: nothing read yet, every first request may read.
+        assert!(keys.claim_read(0));
+        assert!(keys.claim_read(0));
+        keys.apply_store_read(5, Fetched::Missing);
+        // Due again at 1005: the first claim wins, the rest wait for it.
+        assert!(!keys.claim_read(1_004));
+        assert!(keys.claim_read(1_005));
+        assert!(!keys.claim_read(1_006));
+        keys.apply_store_read(1_020, Fetched::Found(key_set_json().into_bytes()));
+        assert!(keys.current().is_some());
+        // With a document, the same at each refresh.
+        assert!(!keys.claim_read(61_019));
+        assert!(keys.claim_read(61_020));
+        assert!(!keys.claim_read(61_021));
+        assert!(keys.current().is_some(), "still served meanwhile");
     }
 
     #[test]

@@ -45,7 +45,8 @@
 //!   while the configuration is unusable.
 //! - [`LastGoodKeys`] and [`AllowlistState`] hold what an isolate serves and
 //!   decide, from what the stores returned ([`Fetched`]), whether to replace
-//!   it: the resilience rules, without I/O.
+//!   it, and from the time the shell passes in, when to read the stores
+//!   again: the resilience rules, without I/O.
 
 mod allowlist;
 mod config;
@@ -73,5 +74,7 @@ pub use error::Error;
 pub use handler::{
     EdgeRequest, Handled, RETRY_AFTER_SECONDS, handle, misconfigured, needs_key_document,
 };
-pub use key_document::{Fetched, KeyDocument, KeyRefresh, LastGoodKeys};
+pub use key_document::{
+    Fetched, KeyDocument, KeyRefresh, LastGoodKeys, NO_DOCUMENT_RETRY_FIRST, NO_DOCUMENT_RETRY_MAX,
+};
 pub use log::{Event, EventKind, LogRecord};

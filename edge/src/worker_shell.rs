@@ -170,8 +170,9 @@ async fn serve(
     let keys: Option<Arc<KeyDocument>> = match config.key_source() {
         KeySource::Inline(doc) => Some(doc.clone()),
         KeySource::Kv { key } => {
-            let due = isolate.keys.borrow().is_due(now);
-            if due && needs_key_document(config, &allowlist, request) {
+            if needs_key_document(config, &allowlist, request)
+                && isolate.keys.borrow_mut().claim_read(now)
+            {
                 refresh_keys(isolate, config, kv().as_ref(), key, now, &mut events).await;
             }
             isolate.keys.borrow().current().cloned()

@@ -10,11 +10,16 @@
 //   "kv": { "jwks": "..." },                KV seed (binding EDGE_KV)
 //   "kvBinding": true,                      false: no EDGE_KV binding at all
 //   "cf": { "colo": "TST" },                request.cf for every request
-//   "port": 0                               0: any free port
+//   "port": 0,                              0: any free port
+//   "countKvReads": false                   true: report every KV read
 // }
 //
 // Prints one line `READY {"url": ..., "control": ...}` when it serves; every
-// line the Worker logs follows as `LOG <line>`. The control server (loopback
+// line the Worker logs follows as `LOG <line>`. With countKvReads, EDGE_KV is
+// the real namespace seen through a thin wrapper (a workerd wrapped binding,
+// in the Worker's own isolate) that prints `KV_READ <key>` on each read
+// before the read happens, so a test observes KV reads from outside the
+// Worker; the order of the lines is the order of events. The control server (loopback
 // HTTP) changes the world under the running Worker:
 //   PUT    /kv/<key>   body = new value
 //   DELETE /kv/<key>
@@ -44,22 +49,63 @@ if (!compatibilityDate) throw new Error("wrangler.toml has no compatibility_date
 // workerd, keeps KV and the Cache API as Cloudflare would.
 const storage = mkdtempSync(join(tmpdir(), "aws2azure-edge-"));
 
-const options = {
+// A line no Worker log line (JSON) can be mistaken for.
+const KV_READ_MARK = "aws2azure-test-kv-read ";
+// The wrapped binding: every method of a KV namespace, reads reported.
+const KV_COUNTER = `
+class KvNamespace {
+  constructor(inner) { this.inner = inner; }
+  get(key, options) { this.report(key); return this.inner.get(key, options); }
+  getWithMetadata(key, options) { this.report(key); return this.inner.getWithMetadata(key, options); }
+  put(key, value, options) { return this.inner.put(key, value, options); }
+  delete(key) { return this.inner.delete(key); }
+  list(options) { return this.inner.list(options); }
+  report(key) { console.log(${JSON.stringify(KV_READ_MARK)} + JSON.stringify(key)); }
+}
+export default function (env) { return new KvNamespace(env.${KV_BINDING}); }
+`;
+const KV_COUNTER_WORKER = "kv-read-counter";
+const countKvReads = config.countKvReads === true && config.kvBinding !== false;
+
+const edge = {
+  name: "edge",
   modules: true,
   scriptPath: join(buildDir, "index.js"),
   modulesRoot: buildDir,
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
   compatibilityDate,
   bindings: config.bindings ?? {},
-  kvNamespaces: config.kvBinding === false ? [] : [KV_BINDING],
-  kvPersist: join(storage, "kv"),
+  kvNamespaces: config.kvBinding === false || countKvReads ? [] : [KV_BINDING],
+  wrappedBindings: countKvReads ? { [KV_BINDING]: KV_COUNTER_WORKER } : {},
   cache: true,
+};
+const options = {
+  // The first worker is the one that serves HTTP.
+  workers: countKvReads
+    ? [
+        edge,
+        {
+          name: KV_COUNTER_WORKER,
+          modules: true,
+          script: KV_COUNTER,
+          // No compatibility date: a wrapped binding runs with the edge's.
+          kvNamespaces: [KV_BINDING],
+        },
+      ]
+    : [edge],
+  kvPersist: join(storage, "kv"),
   cachePersist: join(storage, "cache"),
   cf: config.cf ?? { colo: "TST" },
   host: "127.0.0.1",
   port: config.port ?? 0,
   handleRuntimeStdio(stdout, stderr) {
-    createInterface({ input: stdout }).on("line", (line) => console.log(`LOG ${line}`));
+    createInterface({ input: stdout }).on("line", (line) => {
+      if (line.startsWith(KV_READ_MARK)) {
+        console.log(`KV_READ ${JSON.parse(line.slice(KV_READ_MARK.length))}`);
+      } else {
+        console.log(`LOG ${line}`);
+      }
+    });
     createInterface({ input: stderr }).on("line", (line) => console.error(line));
   },
 };
@@ -79,7 +125,7 @@ async function stop(code) {
 }
 
 async function kv() {
-  return mf.getKVNamespace(KV_BINDING);
+  return mf.getKVNamespace(KV_BINDING, countKvReads ? KV_COUNTER_WORKER : "edge");
 }
 
 const control = createServer(async (req, res) => {

@@ -4,7 +4,8 @@
 //! pinned npm packages) on a real loopback port, waits until it serves, and
 //! stops it, workerd included, when dropped. The running Worker's KV can be
 //! changed under it, and a fresh isolate started, through the script's
-//! control port; every line the Worker logs is collected.
+//! control port; every line the Worker logs is collected, and on request
+//! every KV read it makes.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -84,6 +85,7 @@ pub struct EdgeOptions {
     no_kv_binding: bool,
     port: u16,
     cf: Option<Value>,
+    count_kv_reads: bool,
 }
 
 impl EdgeOptions {
@@ -127,12 +129,20 @@ impl EdgeOptions {
         self
     }
 
+    /// Reports every KV read the Worker makes ([`WorkerdEdge::kv_reads`]),
+    /// through a wrapper around the real namespace.
+    pub fn count_kv_reads(mut self) -> Self {
+        self.count_kv_reads = true;
+        self
+    }
+
     fn to_json(&self) -> String {
         let mut config = json!({
             "bindings": self.bindings,
             "kv": self.kv,
             "kvBinding": !self.no_kv_binding,
             "port": self.port,
+            "countKvReads": self.count_kv_reads,
         });
         if let Some(cf) = &self.cf {
             config["cf"] = cf.clone();
@@ -148,6 +158,8 @@ pub struct WorkerdEdge {
     url: String,
     control: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The key of every KV read, in order (with [`EdgeOptions::count_kv_reads`]).
+    kv_reads: Arc<Mutex<Vec<String>>>,
     /// How many log lines [`WorkerdEdge::next_log`] has handed out.
     seen: Mutex<usize>,
     http: reqwest::Client,
@@ -186,16 +198,21 @@ impl WorkerdEdge {
         let stderr = child.stderr.take().expect("piped stderr");
 
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let kv_reads = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         {
-            let logs = logs.clone();
+            let (logs, kv_reads) = (logs.clone(), kv_reads.clone());
+            // One reader, in order: a request's KV reads are recorded before
+            // its log line.
             thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if let Some(ready) = line.strip_prefix("READY ") {
                         let _ = ready_tx.send(ready.to_string());
                     } else if let Some(log) = line.strip_prefix("LOG ") {
                         logs.lock().unwrap().push(log.to_string());
+                    } else if let Some(key) = line.strip_prefix("KV_READ ") {
+                        kv_reads.lock().unwrap().push(key.to_string());
                     }
                 }
             });
@@ -229,6 +246,7 @@ impl WorkerdEdge {
             url: url.to_string(),
             control: control.trim_end_matches('/').to_string(),
             logs,
+            kv_reads,
             seen: Mutex::new(0),
             http: reqwest::Client::new(),
         }
@@ -279,6 +297,18 @@ impl WorkerdEdge {
     /// the Cache API kept, as a new Cloudflare location would see them.
     pub async fn reload(&self) {
         self.control(reqwest::Method::POST, "/reload", None).await;
+    }
+
+    /// How many times the Worker has read `key` from KV so far. Complete up
+    /// to the last request whose log line [`Self::next_log`] returned.
+    /// Counted only with [`EdgeOptions::count_kv_reads`].
+    pub fn kv_reads(&self, key: &str) -> usize {
+        self.kv_reads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == key)
+            .count()
     }
 
     /// Every log line so far, parsed.

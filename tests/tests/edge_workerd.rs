@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws2azure_shared::jwk::{Jwk, JwkSet, KeyId};
 use aws2azure_tests::workerd::{EdgeOptions, WorkerdEdge, free_port, repo_root};
@@ -605,13 +605,13 @@ async fn a_fresh_isolate_without_kv_serves_the_cache_api_copy() {
     );
 }
 
-#[tokio::test]
-async fn with_no_copy_anywhere_the_key_set_is_503_with_retry_after() {
-    let (key, _) = keys();
-    let (_, options) = issuer_options("");
-    // The default refresh interval (60 s): without a copy it must not wait.
-    let edge = WorkerdEdge::start(&options);
-    let response = get(&edge, "/jwks").await;
+/// The longest wait between two KV reads of an isolate without any key
+/// document (the edge's `NO_DOCUMENT_RETRY_MAX`, docs/edge.md).
+const NO_DOCUMENT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A request for the key set that must get the no-document answer.
+async fn assert_no_document(edge: &WorkerdEdge) {
+    let response = get(edge, "/jwks").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header_of(&response, "retry-after"), Some("30"));
     assert_eq!(header_of(&response, "cache-control"), Some("no-store"));
@@ -619,9 +619,21 @@ async fn with_no_copy_anywhere_the_key_set_is_503_with_retry_after() {
         body_json(response).await["error"],
         "temporarily_unavailable"
     );
+}
+
+#[tokio::test]
+async fn with_no_copy_anywhere_the_key_set_is_503_and_kv_is_read_every_few_seconds() {
+    let (key, _) = keys();
+    let (_, options) = issuer_options("");
+    // The default refresh interval (60 s): without a copy it must not wait
+    // that long, nor read KV on every request.
+    let edge = WorkerdEdge::start(&options.count_kv_reads());
+    assert_no_document(&edge).await;
     let log = edge.next_log();
     assert_eq!(log["status"], 503);
     assert!(log["key_version"].is_null());
+    assert_eq!(events(&log), ["key_document_missing"], "{log}");
+    assert_eq!(edge.kv_reads("jwks"), 1);
 
     let discovery = get(&edge, "/.well-known/openid-configuration").await;
     assert_eq!(
@@ -630,11 +642,62 @@ async fn with_no_copy_anywhere_the_key_set_is_503_with_retry_after() {
         "discovery needs no keys"
     );
     edge.next_log();
+    assert_eq!(edge.kv_reads("jwks"), 1, "discovery reads no keys");
 
+    // A burst, one request after another, then all at once (an isolate
+    // interleaves them): each used to read KV and the Cache API.
+    const BURST: usize = 40;
+    let started = Instant::now();
+    for _ in 0..BURST / 2 {
+        assert_no_document(&edge).await;
+        edge.next_log();
+    }
+    futures_util::future::join_all((0..BURST / 2).map(|_| assert_no_document(&edge))).await;
+    for _ in 0..BURST / 2 {
+        edge.next_log();
+    }
+    let elapsed = started.elapsed();
+    let reads = edge.kv_reads("jwks") - 1;
+    // The first retry comes 1 s after the first read, the next 2 s later:
+    // at most one read per second elapsed, whatever the request rate.
+    assert!(
+        reads <= elapsed.as_secs() as usize + 1 && reads < BURST,
+        "{reads} KV reads for {BURST} requests in {elapsed:?}"
+    );
+
+    // Published now (Miniflare's KV is consistent at once): served within
+    // the longest retry wait, without anyone restarting anything.
     edge.put_kv("jwks", &key_set(&[key])).await;
-    let response = get(&edge, "/jwks").await;
-    assert_eq!(response.status(), StatusCode::OK, "read again at once");
-    edge.next_log();
+    let published = Instant::now();
+    let reads_before = edge.kv_reads("jwks");
+    let log = loop {
+        let response = get(&edge, "/jwks").await;
+        let status = response.status();
+        let log = edge.next_log();
+        if status == StatusCode::OK {
+            break log;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{log}");
+        assert!(
+            published.elapsed() < NO_DOCUMENT_RETRY_MAX + Duration::from_secs(3),
+            "still 503 {:?} after publishing: {log}",
+            published.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(events(&log), ["key_document_loaded"], "{log}");
+    assert_eq!(
+        edge.kv_reads("jwks") - reads_before,
+        1,
+        "requests waited for the next retry; its read found the document"
+    );
+    // From now on the refresh interval applies: no read per request.
+    let reads = edge.kv_reads("jwks");
+    for _ in 0..5 {
+        assert_eq!(get(&edge, "/jwks").await.status(), StatusCode::OK);
+        edge.next_log();
+    }
+    assert_eq!(edge.kv_reads("jwks"), reads);
 }
 
 #[tokio::test]
