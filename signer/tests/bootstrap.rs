@@ -102,11 +102,20 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
         .env("AWS2AZURE_PROFILES", profiles.to_string())
         .env("AWS2AZURE_KMS_KEY", "alias/bootstrap-test")
         .env("AWS2AZURE_CACHE_TABLE", "bootstrap-tokens")
+        // The most an operator can turn on: the raw event (the caller's
+        // Authorization header) must still stay out of the log.
+        .env("AWS_LAMBDA_LOG_LEVEL", "TRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the bootstrap (or AWS2AZURE_BOOTSTRAP_RUNNER) starts");
+    // Drained as it comes: at TRACE the output outgrows a pipe's buffer.
+    let mut out = child.stdout.take().unwrap();
+    let stdout = tokio::spawn(async move {
+        let mut text = String::new();
+        out.read_to_string(&mut text).await.map(|_| text)
+    });
     while runtime.first_poll().is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -151,14 +160,7 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
     assert_eq!(response["statusCode"], 404);
 
     child.start_kill().unwrap();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .await
-        .unwrap();
+    let stdout = stdout.await.unwrap().unwrap();
     let lines: Vec<Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -185,6 +187,22 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
             "no token in the function's output"
         );
     }
+    assert!(
+        lines.iter().any(|l| l["level"] == "TRACE"),
+        "TRACE is on for the function's own crates"
+    );
+    let signature = event["headers"]["Authorization"]
+        .as_str()
+        .and_then(|a| a.rsplit("Signature=").next())
+        .unwrap();
+    assert!(
+        !stdout.contains(signature),
+        "the caller's Authorization header is not logged, even at TRACE"
+    );
+    assert!(
+        !stdout.contains("eyJhbGciOiJSUzI1NiIs"),
+        "no assertion or other RS256 JWT in the function's output"
+    );
 }
 
 #[tokio::test]
