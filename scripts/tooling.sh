@@ -70,3 +70,27 @@ ensure_python() {
     export AWS2AZURE_PYTHON="$PWD/.venv/bin/python"
     export PATH="$PWD/.venv/bin:$PATH"
 }
+
+# AWS's SigV4 test suite (Apache-2.0) for the devstack gateway's verifier,
+# as botocore's source distribution ships it (tests/unit/auth/aws4_testsuite),
+# at the botocore version requirements-test.txt pins. Only that folder is
+# kept, in .tools/aws4_testsuite (git-ignored). Needs ensure_python first.
+ensure_sigv4_suite() {
+    local version dir=.tools/aws4_testsuite
+    version=$(sed -n 's/^botocore==//p' requirements-test.txt)
+    [ -n "$version" ] || { echo "requirements-test.txt pins no botocore" >&2; return 1; }
+    export AWS2AZURE_SIGV4_SUITE="$PWD/$dir"
+    [ -f "$dir/.botocore-version" ] && [ "$(cat "$dir/.botocore-version")" = "$version" ] && return 0
+    step "AWS SigV4 test suite from the botocore $version source distribution"
+    local tmp
+    tmp=$(mktemp -d)
+    .venv/bin/pip download --quiet --disable-pip-version-check --no-deps \
+        --no-binary :all: "botocore==$version" -d "$tmp"
+    tar -xzf "$tmp/botocore-$version.tar.gz" -C "$tmp" \
+        "botocore-$version/tests/unit/auth/aws4_testsuite"
+    rm -rf "$dir"
+    mkdir -p .tools
+    mv "$tmp/botocore-$version/tests/unit/auth/aws4_testsuite" "$dir"
+    echo "$version" >"$dir/.botocore-version"
+    rm -rf "$tmp"
+}

@@ -131,6 +131,7 @@ mod tests {
                 scope: "https://graph.microsoft.com/.default".into(),
                 subject: subject.into(),
                 authority: None,
+                allowed_principals: None,
             },
         )
         .unwrap()

@@ -54,6 +54,7 @@ pub fn default_profiles() -> Profiles {
             scope: "https://graph.microsoft.com/.default".into(),
             subject: "aws2azure:dev:graph".into(),
             authority: None,
+            allowed_principals: None,
         },
     );
     Profiles::from_configs(raw).expect("the default profile is valid")
@@ -311,11 +312,8 @@ fn local_profiles(configured: &Profiles, authority: &str) -> Result<Profiles, Er
             (
                 p.name.to_string(),
                 ProfileConfig {
-                    tenant_id: p.tenant_id.to_string(),
-                    client_id: p.client_id.to_string(),
-                    scope: p.scope.to_string(),
-                    subject: p.subject.to_string(),
                     authority: Some(authority.to_string()),
+                    ..ProfileConfig::from(p)
                 },
             )
         })

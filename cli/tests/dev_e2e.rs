@@ -140,6 +140,45 @@ impl Drop for Dev {
     }
 }
 
+fn python() -> String {
+    if let Ok(python) = std::env::var("AWS2AZURE_PYTHON") {
+        return python;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// botocore's SigV4Auth (AWS's reference signer) signs `GET ENDPOINT+PATH`
+/// for execute-api; http.client sends the request target exactly as signed.
+/// One JSON line per path: {path, status, body}.
+const BOTOCORE_GET: &str = r#"
+import http.client, json, os, sys
+from urllib.parse import urlsplit
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+endpoint = urlsplit(sys.argv[1])
+credentials = Credentials(os.environ["AWS_ACCESS_KEY_ID"],
+    os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"])
+for path in sys.argv[2:]:
+    target = endpoint.path + path
+    request = AWSRequest(method="GET", url=f"{endpoint.scheme}://{endpoint.netloc}{target}")
+    SigV4Auth(credentials, "execute-api", os.environ["AWS_REGION"]).add_auth(request)
+    connection = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=10)
+    connection.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+    connection.putheader("Host", endpoint.netloc)
+    for name, value in request.headers.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    print(json.dumps({"path": path, "status": response.status,
+                      "body": json.loads(response.read() or b"null")}))
+"#;
+
 fn awscurl() -> String {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/awscurl");
     if std::path::Path::new(venv).exists() {
@@ -256,6 +295,91 @@ fn token_and_awscurl_get_tokens_with_the_printed_credentials() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404, unknown_profile"));
+}
+
+/// An encoded profile name reaches the token API with a valid signature,
+/// from AWS's reference signer and from awscurl, and is refused there: the
+/// gateway canonicalises the path as sent like AWS does (encoded again, so
+/// `%61` is signed as `%2561`), and IAM, matching the path as sent, would
+/// not see `graph` in `gr%61ph`.
+#[test]
+fn encoded_profile_names_pass_the_signature_check_and_are_refused_by_the_api() {
+    let dev = Dev::start();
+    let encoded = [
+        "/token/gr%61ph",
+        "/token/%67%72%61%70%68",
+        "/token/g%72aph",
+        "/token/gr%C3%A4ph",
+        "/token/graph%2F..%2Fadmin",
+    ];
+    let out = dev
+        .with_credentials(&python())
+        .args(["-c", BOTOCORE_GET, &dev.endpoint, "/token/graph"])
+        .args(encoded)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), encoded.len() + 1);
+    assert_eq!(answers[0]["status"], 200, "{}", answers[0]);
+    assert_eq!(answers[0]["body"]["profile"], "graph");
+    for answer in &answers[1..] {
+        assert_eq!(answer["status"], 400, "{answer}");
+        assert_eq!(answer["body"]["error"], "invalid_request", "{answer}");
+        assert!(
+            answer["body"]["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("without percent-encoding"),
+            "{answer}"
+        );
+    }
+
+    // awscurl sends through Python requests, which rewrites an encoded
+    // unreserved character (`%61` to `a`) after awscurl signed the path as
+    // given: that signature fails at API Gateway too, so awscurl is given
+    // the encoded names requests leaves alone.
+    for path in [
+        "/token/gr%C3%A4ph",
+        "/token/graph%2F..%2Fadmin",
+        "/token/graph%20",
+    ] {
+        let out = dev
+            .with_credentials(&awscurl())
+            .args([
+                "--service",
+                "execute-api",
+                "--region",
+                "us-east-1",
+                &format!("{}{path}", dev.endpoint),
+            ])
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{path}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(json["error"], "invalid_request", "{path}: {json}");
+        assert!(
+            json["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("without percent-encoding"),
+            "{path}: {json}"
+        );
+    }
+    // dev's two, botocore's six, awscurl's three: each answered by the API.
+    assert_eq!(dev.requests_settled(11), 11);
+    let log = dev.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("[dev] GET /token/gr%61ph by ") && log.contains("-> 400 (invalid_request)"),
+        "{log}"
+    );
 }
 
 fn signed_get(url: &str, creds: &Credentials, at: SystemTime) -> reqwest::blocking::RequestBuilder {

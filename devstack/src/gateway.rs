@@ -1,23 +1,16 @@
 //! A local stand-in for API Gateway (REST API, `AWS_IAM` authorization) in
 //! front of the token API.
 //!
-//! It verifies AWS Signature Version 4 the way API Gateway does: the
-//! canonical request (normalised, double-encoded path; sorted, strictly
-//! encoded query; exactly the headers the client signed), the credential
-//! scope (date, region, `execute-api`), `X-Amz-Date` within 5 minutes, and
-//! the `X-Amz-Security-Token` of temporary credentials; then it builds the
-//! REST proxy event API Gateway would send (caller identity in
-//! `requestContext.identity`) and hands it to the function. Refusals carry
-//! API Gateway's messages and `x-amzn-ErrorType`.
-//!
-//! The HMAC chain comes from `aws-sigv4`; the canonicalisation is written
-//! here because the crate signs requests but does not verify them (and a
-//! verifier must use the client's own list of signed headers).
+//! It routes `GET /{stage}/token/{profile}`, verifies the caller's SigV4
+//! signature ([`crate::sigv4`]), then builds the REST proxy event API
+//! Gateway would send (caller identity in `requestContext.identity`, the
+//! path as sent) and hands it to the function. Refusals carry API Gateway's
+//! messages and `x-amzn-ErrorType`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,37 +18,13 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
+pub use crate::sigv4::{
+    MAX_SKEW, Principal, PrincipalLookup, Refusal, canonical_request, string_to_sign, verify,
+};
 use crate::{Error, Server};
-
-/// API Gateway's tolerance for `X-Amz-Date`.
-pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
-const SERVICE: &str = "execute-api";
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-
-/// Characters SigV4 leaves unencoded: A-Z a-z 0-9 - _ . ~
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Someone the gateway knows, with the credentials they sign with.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    /// Present for temporary credentials (assumed roles).
-    pub session_token: Option<String>,
-    /// `userArn` in the request context.
-    pub arn: String,
-    /// `caller` in the request context (`AIDA…` or `AROA…:session`).
-    pub caller: String,
-    pub account_id: String,
-}
 
 /// The function behind the gateway: a REST proxy request in, a response out.
 pub type Function = Arc<
@@ -95,28 +64,6 @@ pub async fn serve(
     Server::start_with_peers(addr, router).await
 }
 
-/// An API Gateway-style refusal.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub error_type: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            error_type,
-            message: message.into(),
-        }
-    }
-
-    fn forbidden(error_type: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, error_type, message)
-    }
-}
-
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         (
@@ -139,30 +86,17 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(profile) = route(&gateway.stage, &method, uri.path()) else {
-        return Refusal::forbidden(
-            "MissingAuthenticationTokenException",
-            "Missing Authentication Token",
-        )
-        .into_response();
-    };
-    let principal = match verify(&gateway, &method, &uri, &headers, &body, SystemTime::now()) {
-        Ok(p) => p,
+    let request = match admit(
+        &gateway,
+        &method,
+        &uri,
+        &headers,
+        &body,
+        peer,
+        SystemTime::now(),
+    ) {
+        Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
-    };
-    let event = rest_event(
-        &gateway, &method, &uri, &headers, &profile, &principal, peer,
-    );
-    let request = match lambda_http::request::from_str(&event.to_string()) {
-        Ok(r) => r,
-        Err(e) => {
-            return Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "BadRequestException",
-                e.to_string(),
-            )
-            .into_response();
-        }
     };
     let response = (gateway.function)(request).await;
     let (parts, body) = response.into_parts();
@@ -175,6 +109,43 @@ async fn handle(
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
+/// What API Gateway does before the function runs: route, verify the
+/// signature, build the REST proxy event. Every input is the caller's, so
+/// nothing here may panic, whatever the bytes.
+fn admit(
+    gateway: &Gateway,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    peer: SocketAddr,
+    now: SystemTime,
+) -> Result<lambda_http::Request, Refusal> {
+    let Some(profile) = route(&gateway.stage, method, uri.path()) else {
+        return Err(Refusal::forbidden(
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ));
+    };
+    let principal = verify(
+        gateway,
+        method,
+        uri.path(),
+        uri.query().unwrap_or(""),
+        headers,
+        body,
+        now,
+    )?;
+    let event = rest_event(gateway, method, uri, headers, &profile, &principal, peer)?;
+    lambda_http::request::from_str(&event.to_string()).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            e.to_string(),
+        )
+    })
+}
+
 /// `/{stage}/token/{profile}` with GET: the raw (still encoded) segment.
 fn route(stage: &str, method: &Method, path: &str) -> Option<String> {
     let rest = path
@@ -182,194 +153,6 @@ fn route(stage: &str, method: &Method, path: &str) -> Option<String> {
         .strip_prefix(stage)?
         .strip_prefix("/token/")?;
     (method == Method::GET && !rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
-}
-
-/// Checks the request's SigV4 signature; returns who signed it.
-pub fn verify(
-    gateway_principals: &impl PrincipalLookup,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: SystemTime,
-) -> Result<Principal, Refusal> {
-    let region = gateway_principals.region();
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            Refusal::forbidden(
-                "MissingAuthenticationTokenException",
-                "Missing Authentication Token",
-            )
-        })?;
-    let incomplete = |what: &str| {
-        Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!("Authorization header requires '{what}' parameter. Authorization={auth}"),
-        )
-    };
-    let fields = auth
-        .strip_prefix(ALGORITHM)
-        .filter(|rest| rest.starts_with(' '))
-        .ok_or_else(|| {
-            Refusal::forbidden(
-                "IncompleteSignatureException",
-                format!("Only {ALGORITHM} is supported for the Authorization header."),
-            )
-        })?;
-    let mut credential = None;
-    let mut signed_headers = None;
-    let mut signature = None;
-    for part in fields.split(',') {
-        let (name, value) = part.trim().split_once('=').unwrap_or((part.trim(), ""));
-        match name {
-            "Credential" => credential = Some(value),
-            "SignedHeaders" => signed_headers = Some(value),
-            "Signature" => signature = Some(value),
-            _ => {}
-        }
-    }
-    let credential = credential.ok_or_else(|| incomplete("Credential"))?;
-    let signed_headers = signed_headers.ok_or_else(|| incomplete("SignedHeaders"))?;
-    let signature = signature.ok_or_else(|| incomplete("Signature"))?;
-
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [access_key, date, scope_region, service, terminator] = scope.as_slice() else {
-        return Err(Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!(
-                "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
-            ),
-        ));
-    };
-    let invalid_token = || {
-        Refusal::forbidden(
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    };
-    let principal = gateway_principals
-        .principal(access_key)
-        .ok_or_else(invalid_token)?;
-    if *scope_region != region {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("Credential should be scoped to a valid region, not '{scope_region}'. "),
-        ));
-    }
-    if *service != SERVICE {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("Credential should be scoped to correct service: '{SERVICE}'. "),
-        ));
-    }
-    if *terminator != "aws4_request" {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'. "
-            ),
-        ));
-    }
-    let amz_date = headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| incomplete("X-Amz-Date"))?;
-    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
-        Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'."),
-        )
-    })?;
-    if amz_date.get(..8) != Some(*date) {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{date}' != '{}'",
-                &amz_date[..8.min(amz_date.len())]
-            ),
-        ));
-    }
-    if signed_at + MAX_SKEW < now {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Signature expired: {amz_date} is now earlier than {} ({} - 5 min.)",
-                format_amz_date(now - MAX_SKEW),
-                format_amz_date(now)
-            ),
-        ));
-    }
-    if signed_at > now + MAX_SKEW {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Signature not yet current: {amz_date} is still later than {} ({} + 5 min.)",
-                format_amz_date(now + MAX_SKEW),
-                format_amz_date(now)
-            ),
-        ));
-    }
-    let signed: Vec<&str> = signed_headers.split(';').collect();
-    if signed.windows(2).any(|w| w[0] >= w[1])
-        || signed
-            .iter()
-            .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
-    {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("SignedHeaders must be lowercase, sorted and unique, got '{signed_headers}'"),
-        ));
-    }
-    if !signed.contains(&"host") {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
-        ));
-    }
-    let sent_token = headers
-        .get("x-amz-security-token")
-        .and_then(|v| v.to_str().ok());
-    match (&principal.session_token, sent_token) {
-        (Some(expected), Some(sent)) if expected == sent => {}
-        (None, None) => {}
-        _ => return Err(invalid_token()),
-    }
-
-    let canonical = canonical_request(method, uri, headers, &signed, body).ok_or_else(|| {
-        Refusal::forbidden(
-            "IncompleteSignatureException",
-            "A signed header is missing from the request.",
-        )
-    })?;
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{date}/{region}/{SERVICE}/aws4_request\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let key = aws_sigv4::sign::v4::generate_signing_key(
-        &principal.secret_access_key,
-        signed_at,
-        region,
-        SERVICE,
-    );
-    let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
-    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n",
-                redact_session_token(&canonical)
-            ),
-        ));
-    }
-    Ok(principal)
-}
-
-/// Where `verify` finds principals and the gateway's region.
-pub trait PrincipalLookup {
-    fn principal(&self, access_key_id: &str) -> Option<Principal>;
-    fn region(&self) -> &str;
 }
 
 impl PrincipalLookup for Gateway {
@@ -381,125 +164,12 @@ impl PrincipalLookup for Gateway {
     }
 }
 
-/// The canonical request as shown in a refusal: a session token is a
-/// credential, so its value is not echoed (API Gateway echoes it; clients
-/// print these messages into logs).
-fn redact_session_token(canonical: &str) -> String {
-    canonical
-        .lines()
-        .map(|l| {
-            if l.starts_with("x-amz-security-token:") {
-                "x-amz-security-token:<redacted>"
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The SigV4 canonical request for a non-S3 service.
-pub fn canonical_request(
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    signed: &[&str],
-    body: &[u8],
-) -> Option<String> {
-    let mut canonical_headers = String::new();
-    for name in signed {
-        let values: Vec<String> = headers
-            .get_all(*name)
-            .iter()
-            .map(|v| {
-                let text = String::from_utf8_lossy(v.as_bytes());
-                text.split_whitespace().collect::<Vec<_>>().join(" ")
-            })
-            .collect();
-        if values.is_empty() {
-            return None;
-        }
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
-    }
-    Some(format!(
-        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
-        canonical_uri(uri.path()),
-        canonical_query(uri.query().unwrap_or("")),
-        signed.join(";"),
-        hex::encode(Sha256::digest(body)),
-    ))
-}
-
-/// Dot segments and empty segments removed, then every byte outside the
-/// unreserved set encoded (so an already-encoded `%2F` becomes `%252F`).
-fn canonical_uri(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::from("/");
-    out.push_str(
-        &segments
-            .iter()
-            .map(|s| utf8_percent_encode(s, UNRESERVED).to_string())
-            .collect::<Vec<_>>()
-            .join("/"),
-    );
-    if path.len() > 1 && path.ends_with('/') && !segments.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let decode = |s: &str| {
-                percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (
-                utf8_percent_encode(&decode(k), UNRESERVED).to_string(),
-                utf8_percent_encode(&decode(v), UNRESERVED).to_string(),
-            )
-        })
-        .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-const AMZ_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
-    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let parsed = time::PrimitiveDateTime::parse(text, AMZ_DATE).ok()?;
-    Some(parsed.assume_utc().into())
-}
-
-fn format_amz_date(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(AMZ_DATE)
-        .unwrap_or_default()
-}
-
+/// The REST proxy event API Gateway sends for this request. As in real
+/// REST events, `path` and `requestContext.path` keep the caller's
+/// percent-encoding; the `profile` path parameter is given decoded, the
+/// less forgiving of the forms a function must be ready for.
+/// `X-Forwarded-For` and `X-Forwarded-Proto` are the gateway's own, as API
+/// Gateway sets them.
 fn rest_event(
     gateway: &Gateway,
     method: &Method,
@@ -508,14 +178,28 @@ fn rest_event(
     raw_profile: &str,
     principal: &Principal,
     peer: SocketAddr,
-) -> Value {
+) -> Result<Value, Refusal> {
     let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
     let decode_query = |s: &str| decode(&s.replace('+', " "));
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    let path = format!("/token/{raw_profile}");
+    if let Some(host) = host {
+        check_host(host, &path)?;
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(chain) => format!("{chain}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
     let mut multi: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (name, value) in headers {
+        if matches!(name.as_str(), "x-forwarded-for" | "x-forwarded-proto") {
+            continue;
+        }
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         multi.entry(name.to_string()).or_default().push(value);
     }
+    multi.insert("x-forwarded-for".into(), vec![forwarded_for]);
+    multi.insert("x-forwarded-proto".into(), vec!["http".into()]);
     let single: serde_json::Map<String, Value> = multi
         .iter()
         .map(|(k, v)| (k.clone(), json!(v.last())))
@@ -537,25 +221,24 @@ fn rest_event(
         .iter()
         .map(|(k, v)| (k.clone(), json!(v.last())))
         .collect();
-    let profile = decode(raw_profile);
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    json!({
+    Ok(json!({
         "resource": "/token/{profile}",
-        "path": format!("/token/{profile}"),
+        "path": path,
         "httpMethod": method.as_str(),
         "headers": single,
         "multiValueHeaders": multi,
         "queryStringParameters": if query.is_empty() { Value::Null } else { Value::Object(query) },
         "multiValueQueryStringParameters": if multi_query.is_empty() { Value::Null } else { json!(multi_query) },
-        "pathParameters": { "profile": profile },
+        "pathParameters": { "profile": decode(raw_profile) },
         "stageVariables": null,
         "requestContext": {
             "resourceId": "local",
             "resourcePath": "/token/{profile}",
             "httpMethod": method.as_str(),
-            "path": format!("/{}/token/{raw_profile}", gateway.stage),
+            "path": format!("/{}{path}", gateway.stage),
             "accountId": principal.account_id,
             "protocol": "HTTP/1.1",
             "stage": gateway.stage,
@@ -570,154 +253,215 @@ fn rest_event(
                 "userAgent": headers.get("user-agent").and_then(|v| v.to_str().ok()),
                 "user": principal.caller,
             },
-            "domainName": headers.get("host").and_then(|v| v.to_str().ok()),
+            "domainName": host,
             "apiId": "local",
         },
         "body": null,
         "isBase64Encoded": false,
-    })
+    }))
+}
+
+/// lambda_http builds the request URI from the event's `Host` header and
+/// path with `url` and then `http`, and panics if either refuses it. A Host
+/// that is not a plain `host[:port]` both accept is a client mistake:
+/// refused here, before the event (a `/`, `\\`, `?` or `@` would also move
+/// the URI's path).
+fn check_host(host: &str, path: &str) -> Result<(), Refusal> {
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+    let usable = plain
+        && url::Url::parse(&format!("http://{host}{path}"))
+            .is_ok_and(|url| url.as_str().parse::<Uri>().is_ok());
+    if usable {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            "Invalid Host header",
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sigv4::parse_amz_date;
+    use axum::http::HeaderValue;
 
-    struct One(Principal);
-    impl PrincipalLookup for One {
-        fn principal(&self, id: &str) -> Option<Principal> {
-            (id == self.0.access_key_id).then(|| self.0.clone())
-        }
-        fn region(&self) -> &str {
-            "us-east-1"
-        }
-    }
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    const DATE: &str = "20261126T210000Z";
 
-    #[test]
-    fn refusals_never_echo_a_session_token() {
-        let shown = redact_session_token(
-            "GET\n/\n\nhost:h\nx-amz-security-token:IQoJsecret\n\nhost;x-amz-security-token\nabc",
-        );
-        assert!(!shown.contains("IQoJsecret"));
-        assert!(shown.contains("x-amz-security-token:<redacted>"));
-    }
-
-    #[test]
-    fn canonical_uri_normalises_and_double_encodes() {
-        assert_eq!(canonical_uri("/dev/token/graph"), "/dev/token/graph");
-        assert_eq!(canonical_uri("/dev/token/a%2Fb"), "/dev/token/a%252Fb");
-        assert_eq!(
-            canonical_uri("/dev/./token//x/../graph"),
-            "/dev/token/graph"
-        );
-        assert_eq!(canonical_uri("/"), "/");
-        assert_eq!(canonical_query("b=2&a=1&a=0&c"), "a=0&a=1&b=2&c=");
-        assert_eq!(canonical_query("min_validity=300"), "min_validity=300");
-    }
-
-    /// The example of the AWS SigV4 documentation ("GET /?Param2=value2&Param1=value1"
-    /// to iam, us-east-1, 20150830T123600Z) run through our canonicalisation
-    /// and aws-sigv4's key derivation must give the published signature.
-    #[test]
-    fn matches_the_documented_sigv4_example() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", "example.amazonaws.com".parse().unwrap());
-        headers.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
-        let uri: Uri = "/?Param2=value2&Param1=value1".parse().unwrap();
-        let canonical =
-            canonical_request(&Method::GET, &uri, &headers, &["host", "x-amz-date"], b"").unwrap();
-        assert_eq!(
-            hex::encode(Sha256::digest(canonical.as_bytes())),
-            "816cd5b414d056048ba4f7c5386d6e0533120fb1fcfa93762cf0fc39e2cf19e0"
-        );
-        let sts = format!(
-            "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/service/aws4_request\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
-        let key = aws_sigv4::sign::v4::generate_signing_key(
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            parse_amz_date("20150830T123600Z").unwrap(),
-            "us-east-1",
-            "service",
-        );
-        assert_eq!(
-            aws_sigv4::sign::v4::calculate_signature(key, sts.as_bytes()),
-            "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"
-        );
-    }
-
-    #[test]
-    fn refusals_name_the_problem() {
+    fn gateway() -> Gateway {
         let principal = Principal {
             access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: "secret".into(),
+            secret_access_key: SECRET.into(),
             session_token: None,
             arn: "arn:aws:iam::111122223333:user/alice".into(),
             caller: "AIDAEXAMPLE".into(),
             account_id: "111122223333".into(),
         };
-        let lookup = One(principal);
-        let uri: Uri = "/dev/token/graph".parse().unwrap();
-        let now = parse_amz_date("20261126T210000Z").unwrap();
-        let mut headers = HeaderMap::new();
-        let check = |headers: &HeaderMap| {
-            verify(&lookup, &Method::GET, &uri, headers, b"", now).unwrap_err()
+        Gateway {
+            principals: Arc::new(HashMap::from([(
+                principal.access_key_id.clone(),
+                principal,
+            )])),
+            region: "us-east-1".into(),
+            stage: "dev".into(),
+            function: Arc::new(|_| Box::pin(async { unreachable!("not called by admit") })),
+        }
+    }
+
+    /// Signs `headers` (all of them) for `uri` with the gateway's principal,
+    /// whatever their values: a caller with credentials can sign anything.
+    fn self_signed(uri: &Uri, mut headers: HeaderMap) -> HeaderMap {
+        headers.insert("x-amz-date", HeaderValue::from_static(DATE));
+        let mut names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names.dedup();
+        let signed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let canonical = canonical_request(
+            &Method::GET,
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &headers,
+            &signed,
+            b"",
+        )
+        .unwrap();
+        let sts = string_to_sign(
+            DATE,
+            "20261126/us-east-1/execute-api/aws4_request",
+            &canonical,
+        );
+        let key = aws_sigv4::sign::v4::generate_signing_key(
+            SECRET,
+            parse_amz_date(DATE).unwrap(),
+            "us-east-1",
+            "execute-api",
+        );
+        let signature = aws_sigv4::sign::v4::calculate_signature(key, sts.as_bytes());
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261126/us-east-1/execute-api/aws4_request, SignedHeaders={}, Signature={signature}",
+            signed.join(";")
+        );
+        headers.insert("authorization", authorization.parse().unwrap());
+        headers
+    }
+
+    fn admit_signed(uri: &str, headers: HeaderMap) -> Result<lambda_http::Request, Refusal> {
+        let uri: Uri = uri.parse().unwrap();
+        let headers = self_signed(&uri, headers);
+        admit(
+            &gateway(),
+            &Method::GET,
+            &uri,
+            &headers,
+            b"",
+            "203.0.113.7:50000".parse().unwrap(),
+            parse_amz_date(DATE).unwrap(),
+        )
+    }
+
+    fn host(value: &str) -> HeaderMap {
+        HeaderMap::from_iter([(http::header::HOST, HeaderValue::from_str(value).unwrap())])
+    }
+
+    /// The event keeps the path as sent, like API Gateway REST; the
+    /// forwarding headers are the gateway's, not the caller's.
+    #[test]
+    fn events_keep_the_raw_path_and_set_their_own_forwarding_headers() {
+        use lambda_http::RequestExt;
+        let mut headers = host("localhost:8080");
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        let request = admit_signed("/dev/token/gr%61ph?min_validity=300", headers).unwrap();
+        assert_eq!(request.raw_http_path(), "/token/gr%61ph");
+        let event_path = match request.request_context_ref() {
+            Some(lambda_http::request::RequestContext::ApiGatewayV1(ctx)) => ctx.path.clone(),
+            _ => None,
         };
-        assert_eq!(check(&headers).message, "Missing Authentication Token");
-        headers.insert("host", "localhost".parse().unwrap());
-        headers.insert("x-amz-date", "20261126T205400Z".parse().unwrap());
-        headers.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261126/us-east-1/execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
-                .parse()
-                .unwrap(),
-        );
-        assert!(
-            check(&headers)
-                .message
-                .starts_with("Signature expired: 20261126T205400Z"),
-            "{}",
-            check(&headers).message
-        );
-        headers.insert("x-amz-date", "20261126T210000Z".parse().unwrap());
-        assert!(
-            check(&headers)
-                .message
-                .starts_with("The request signature we calculated does not match")
-        );
-        headers.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=NOPE/20261126/us-east-1/execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
-                .parse()
-                .unwrap(),
-        );
+        assert_eq!(event_path.as_deref(), Some("/dev/token/gr%61ph"));
         assert_eq!(
-            check(&headers).message,
-            "The security token included in the request is invalid."
+            request
+                .path_parameters_ref()
+                .and_then(|p| p.first("profile")),
+            Some("graph")
         );
-        headers.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261126/eu-west-1/execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
-                .parse()
-                .unwrap(),
+        assert_eq!(request.uri().scheme_str(), Some("http"));
+        assert_eq!(
+            request.headers()["x-forwarded-for"],
+            "198.51.100.1, 203.0.113.7"
         );
-        assert!(
-            check(&headers)
-                .message
-                .contains("valid region, not 'eu-west-1'")
-        );
-        headers.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261126/us-east-1/execute-api/aws4_request, SignedHeaders=x-amz-date;host, Signature=00"
-                .parse()
-                .unwrap(),
-        );
-        assert!(check(&headers).message.contains("sorted and unique"));
-        headers.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/2026/us-east-1/execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
-                .parse()
-                .unwrap(),
-        );
-        assert!(check(&headers).message.contains("does not match YYYYMMDD"));
+    }
+
+    #[test]
+    fn a_host_no_url_can_carry_is_refused_not_a_panic() {
+        for bad in [
+            "a b",
+            "exa mple.com",
+            "[zz]",
+            "host:99999",
+            "a:b:c",
+            "999.1.1.1",
+            "x\\y",
+            "x/y",
+            "a?b",
+            "u@h",
+            "",
+        ] {
+            let refusal = admit_signed("/dev/token/graph", host(bad)).unwrap_err();
+            assert_eq!(
+                (refusal.status, refusal.message.as_str()),
+                (StatusCode::BAD_REQUEST, "Invalid Host header"),
+                "{bad}"
+            );
+        }
+        for good in [
+            "localhost",
+            "127.0.0.1:4000",
+            "[::1]:4000",
+            "abc.execute-api.us-east-1.amazonaws.com",
+        ] {
+            assert!(
+                admit_signed("/dev/token/graph", host(good)).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any bytes a header can hold, signed or not, in any of the headers
+        /// the gateway reads: a refusal or an event, never a panic.
+        #[test]
+        fn no_header_bytes_make_the_gateway_panic(
+            which in 0usize..7,
+            // Every byte an HTTP server hands on in a header value.
+            value in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\t'),
+                    0x20u8..0x7f,
+                    0x80u8..=0xff,
+                ],
+                0..48,
+            ),
+            sign in proptest::prelude::any::<bool>(),
+        ) {
+            let value = HeaderValue::from_bytes(&value).unwrap();
+            let name = ["host", "x-forwarded-proto", "x-forwarded-for", "user-agent",
+                "authorization", "x-amz-date", "x-amz-security-token"][which];
+            let uri: Uri = "/dev/token/graph".parse().unwrap();
+            let mut headers = host("localhost");
+            headers.insert(http::HeaderName::from_static(name), value.clone());
+            let mut headers = if sign { self_signed(&uri, headers) } else { headers };
+            // The signing above may have replaced the hostile value: put it back.
+            headers.insert(http::HeaderName::from_static(name), value);
+            let _ = admit(&gateway(), &Method::GET, &uri, &headers, b"",
+                "203.0.113.7:50000".parse().unwrap(), parse_amz_date(DATE).unwrap());
+        }
     }
 }

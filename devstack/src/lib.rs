@@ -1,10 +1,10 @@
 //! Local stand-ins for the cloud, over real sockets, for `aws2azure dev` and
 //! the tests: the edge core serving discovery and keys ([`edge_server`]), an
 //! Entra-compatible token endpoint ([`entra`]), a SigV4-verifying API
-//! Gateway ([`gateway`]), a Lambda Runtime API ([`lambda_runtime_api`]),
-//! moto server for KMS and DynamoDB ([`moto`]), and a proxy that injects AWS
-//! faults in front of it ([`fault_proxy`]). Never used by the Lambda or the
-//! Worker.
+//! Gateway ([`gateway`], its verifier in [`sigv4`]), a Lambda Runtime API
+//! ([`lambda_runtime_api`]), moto server for KMS and DynamoDB ([`moto`]),
+//! and a proxy that injects AWS faults in front of it ([`fault_proxy`]).
+//! Never used by the Lambda or the Worker.
 
 pub mod edge_server;
 pub mod entra;
@@ -12,6 +12,7 @@ pub mod fault_proxy;
 pub mod gateway;
 pub mod lambda_runtime_api;
 pub mod moto;
+pub mod sigv4;
 
 use std::net::SocketAddr;
 

@@ -65,6 +65,13 @@ string_newtype!(
     /// Base URL of the Entra authority, without a trailing slash.
     Authority
 );
+string_newtype!(
+    /// An IAM principal a profile's tokens may be issued to, compared
+    /// exactly with the caller API Gateway authenticated: a role ARN
+    /// (`arn:aws:iam::ACCOUNT:role/NAME`, the form an assumed-role caller is
+    /// reduced to) or an IAM user ARN (`arn:aws:iam::ACCOUNT:user/PATH/NAME`).
+    PrincipalArn
+);
 
 // Lets the profile map be searched by `&str` (String and str order alike).
 impl std::borrow::Borrow<str> for ProfileName {
@@ -236,6 +243,72 @@ impl Authority {
     }
 }
 
+impl PrincipalArn {
+    pub fn parse(arn: &str) -> Result<Self, Error> {
+        let fail = |reason: &str| {
+            reason_only(
+                "allowed_principals",
+                format!("`{}` {reason}", printable(arn)),
+            )
+        };
+        let expected = "is not an IAM role or user ARN; write e.g. \
+                        arn:aws:iam::111122223333:role/NAME or arn:aws:iam::111122223333:user/NAME";
+        if arn.contains(['*', '?']) {
+            return Err(fail(
+                "has a wildcard: principals are compared exactly, so list each one",
+            ));
+        }
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
+            return Err(fail(expected));
+        };
+        let valid_partition = partition.starts_with("aws")
+            && partition
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if *prefix != "arn" || !valid_partition {
+            return Err(fail(expected));
+        }
+        if *service == "sts" && resource.starts_with("assumed-role/") {
+            return Err(fail(&format!(
+                "is a role session; callers are matched by their role, whatever the session: \
+                 write arn:{partition}:iam::{account}:role/ROLE_NAME"
+            )));
+        }
+        if *service != "iam" || !region.is_empty() {
+            return Err(fail(expected));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(fail("must name a 12-digit AWS account id"));
+        }
+        let iam_name = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        };
+        if let Some(role) = resource.strip_prefix("role/") {
+            if role.contains('/') {
+                return Err(fail(&format!(
+                    "has a role path: an assumed-role caller carries none, so write the role \
+                     without it, arn:{partition}:iam::{account}:role/{}",
+                    printable(role.rsplit('/').next().unwrap_or_default())
+                )));
+            }
+            if !iam_name(role) {
+                return Err(fail("has an invalid role name"));
+            }
+        } else if let Some(user) = resource.strip_prefix("user/") {
+            if !user.split('/').all(iam_name) {
+                return Err(fail("has an invalid user name or path"));
+            }
+        } else {
+            return Err(fail(expected));
+        }
+        Ok(Self(arn.to_string()))
+    }
+}
+
 /// One profile as written in configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +319,26 @@ pub struct ProfileConfig {
     pub subject: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// When given, only these IAM principals get this profile's tokens, on
+    /// top of what IAM allows: defence in depth against a too-broad policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_principals: Option<Vec<String>>,
+}
+
+impl From<&Profile> for ProfileConfig {
+    fn from(profile: &Profile) -> Self {
+        Self {
+            tenant_id: profile.tenant_id.to_string(),
+            client_id: profile.client_id.to_string(),
+            scope: profile.scope.to_string(),
+            subject: profile.subject.to_string(),
+            authority: Some(profile.authority.to_string()),
+            allowed_principals: profile
+                .allowed_principals
+                .as_ref()
+                .map(|list| list.iter().map(ToString::to_string).collect()),
+        }
+    }
 }
 
 /// A validated profile.
@@ -257,6 +350,9 @@ pub struct Profile {
     pub scope: Scope,
     pub subject: Subject,
     pub authority: Authority,
+    /// `None`: any caller IAM lets through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_principals: Option<Vec<PrincipalArn>>,
 }
 
 impl Profile {
@@ -279,8 +375,33 @@ impl Profile {
                 Some(a) => Authority::parse(a).map_err(named)?,
                 None => Authority::default_global(),
             },
+            allowed_principals: match &config.allowed_principals {
+                None => None,
+                Some(list) if list.is_empty() => {
+                    return Err(named(reason_only(
+                        "allowed_principals",
+                        "is empty, which would refuse every caller: list at least one \
+                         principal, or remove the setting to leave access to IAM alone"
+                            .into(),
+                    )));
+                }
+                Some(list) => Some(
+                    list.iter()
+                        .map(|arn| PrincipalArn::parse(arn))
+                        .collect::<Result<_, _>>()
+                        .map_err(named)?,
+                ),
+            },
             name,
         })
+    }
+
+    /// Whether `principal` (a role ARN as assumed-role callers reduce to,
+    /// or a user ARN) may get this profile's tokens.
+    pub fn allows(&self, principal: &str) -> bool {
+        self.allowed_principals
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|p| p.as_str() == principal))
     }
 
     /// Identifies the token this profile yields. Every part that changes the
@@ -313,7 +434,7 @@ impl Profiles {
         let raw: BTreeMap<String, ProfileConfig> = serde_json::from_str(json).map_err(|e| {
             Error::InvalidProfiles(format!(
                 "expected a JSON object of profiles, each with tenant_id, client_id, scope, \
-                 subject and optional authority ({e})"
+                 subject, and optional authority and allowed_principals ({e})"
             ))
         })?;
         Self::from_configs(raw)
@@ -412,6 +533,7 @@ mod tests {
             scope: "https://graph.microsoft.com/.default".into(),
             subject: "aws2azure:graph-reader".into(),
             authority: None,
+            allowed_principals: None,
         }
     }
 
@@ -569,6 +691,94 @@ mod tests {
                 assert!(text.starts_with(&format!("profile `{name}`")), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn allowed_principals_are_exact_role_or_user_arns() {
+        let with = |list: &[&str]| ProfileConfig {
+            allowed_principals: Some(list.iter().map(|s| s.to_string()).collect()),
+            ..config()
+        };
+        let p = Profile::new(
+            "graph",
+            &with(&[
+                "arn:aws:iam::111122223333:role/orders-service",
+                "arn:aws-us-gov:iam::111122223333:user/ops/alice",
+                "arn:aws:iam::111122223333:user/bob",
+            ]),
+        )
+        .unwrap();
+        assert!(p.allows("arn:aws:iam::111122223333:role/orders-service"));
+        assert!(p.allows("arn:aws-us-gov:iam::111122223333:user/ops/alice"));
+        assert!(!p.allows("arn:aws:iam::111122223333:role/orders-service-admin"));
+        assert!(!p.allows("arn:aws:iam::111122223333:role/Orders-Service"));
+        assert!(!p.allows("arn:aws:iam::444455556666:role/orders-service"));
+        assert!(!p.allows(""));
+        // No list: IAM alone decides.
+        assert!(Profile::new("graph", &config()).unwrap().allows("anything"));
+
+        let cases = [
+            (vec![], "is empty"),
+            (vec!["arn:aws:iam::111122223333:role/*"], "wildcard"),
+            (vec!["arn:aws:iam::111122223333:role/app-?"], "wildcard"),
+            (
+                vec!["arn:aws:sts::111122223333:assumed-role/app/i-0abc"],
+                "write arn:aws:iam::111122223333:role/ROLE_NAME",
+            ),
+            (
+                vec!["arn:aws:iam::111122223333:role/service-role/app"],
+                "write the role without it, arn:aws:iam::111122223333:role/app",
+            ),
+            (vec!["arn:aws:iam::1111:role/app"], "12-digit"),
+            (
+                vec!["arn:aws:iam:us-east-1:111122223333:role/app"],
+                "not an IAM role or user",
+            ),
+            (
+                vec!["arn:aws:iam::111122223333:group/admins"],
+                "not an IAM role or user",
+            ),
+            (vec!["arn:aws:s3:::bucket"], "not an IAM role or user"),
+            (vec!["111122223333"], "not an IAM role or user"),
+            (
+                vec!["arn:aws:iam::111122223333:role/a b"],
+                "invalid role name",
+            ),
+            (
+                vec!["arn:aws:iam::111122223333:user//alice"],
+                "invalid user name",
+            ),
+            (
+                vec![
+                    "arn:aws:iam::111122223333:user/alice",
+                    " arn:aws:iam::111122223333:user/bob",
+                ],
+                "not an IAM role or user",
+            ),
+        ];
+        for (list, hint) in cases {
+            let err = Profile::new("graph", &with(&list)).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with("profile `graph`: invalid `allowed_principals`: "),
+                "{text}"
+            );
+            let (field, reason) = field_of(err);
+            assert_eq!(field, "allowed_principals", "{text}");
+            assert!(reason.contains(hint), "{list:?}: {text}");
+        }
+
+        let json = format!(
+            r#"{{"graph": {{"tenant_id":"{TENANT}","client_id":"{CLIENT}",
+                "scope":"https://graph.microsoft.com/.default","subject":"s",
+                "allowed_principals": ["arn:aws:iam::111122223333:role/app"]}}}}"#
+        );
+        let profiles = Profiles::from_json(&json).unwrap();
+        let graph = profiles.get("graph").unwrap();
+        assert!(graph.allows("arn:aws:iam::111122223333:role/app"));
+        // Round trip through the written form keeps the list.
+        let again = Profile::new("graph", &ProfileConfig::from(graph)).unwrap();
+        assert_eq!(&again, graph);
     }
 
     #[test]

@@ -81,8 +81,13 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerIdentity>,
-    /// The requested profile, bounded and with control characters replaced.
+    /// The requested profile as sent (still encoded, if it was), bounded
+    /// and with control characters replaced.
     pub profile: String,
+    /// Whether `profile` names a configured profile: only then is it a
+    /// metric dimension (anything else is the caller's choice of string).
+    #[serde(skip)]
+    pub profile_configured: bool,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
@@ -186,26 +191,32 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
 }
 
 async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Result<Issued, Failed> {
-    let raw_profile = profile_segment(req);
-    audit.profile = raw_profile.as_deref().map(echo).unwrap_or_default();
-    if audit.caller.is_none() {
+    let segments = profile_segments(req);
+    audit.profile = segments
+        .first()
+        .map(|(_, raw)| echo(raw))
+        .unwrap_or_default();
+    let Some(principal) = audit.caller.as_ref().map(|c| c.principal.clone()) else {
         return Err(Error::MissingIdentity.into());
-    }
+    };
     if req.method() != Method::GET {
         return Err(Error::MethodNotAllowed(req.method().to_string()).into());
     }
-    let raw_profile = raw_profile
-        .ok_or_else(|| Error::InvalidRequest("the path must be /token/{profile}".into()))?;
-    // A valid profile name has no character that needs percent-encoding, so
-    // whether API Gateway decoded the segment or not, anything encoded,
-    // hostile or oversized fails here, before any lookup.
-    let name =
-        ProfileName::parse(&raw_profile).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let name = profile_name(&segments)?;
     let min_validity = min_validity(req)?;
     // An unknown name is the broker's first check (404).
-    let profile = name.as_str();
+    if let Some(profile) = broker.profiles().get(name.as_str()) {
+        audit.profile_configured = true;
+        if !profile.allows(&principal) {
+            return Err(Error::CallerNotAllowed {
+                profile: name.to_string(),
+                principal: echo(&principal),
+            }
+            .into());
+        }
+    }
     let deadline = broker.settings().request_deadline;
-    match tokio::time::timeout(deadline, broker.token(profile, min_validity)).await {
+    match tokio::time::timeout(deadline, broker.token(name.as_str(), min_validity)).await {
         Ok(result) => result,
         Err(_) => Err(Error::DeadlineExceeded(deadline).into()),
     }
@@ -221,17 +232,65 @@ impl AuditRecord {
     }
 }
 
-/// The `{profile}` path segment: API Gateway's path parameter, or the last
-/// segment of a `/token/...` path when the parameter map is absent.
-fn profile_segment(req: &Request) -> Option<String> {
-    if let Some(p) = req
+/// The `{profile}` segment as each field of the event gives it: the last
+/// segment of `path` and of `requestContext.path` (API Gateway REST keeps
+/// them as the caller sent them, percent-encoding included), then the path
+/// parameter (which may be decoded). The first is the raw segment.
+fn profile_segments(req: &Request) -> Vec<(&'static str, String)> {
+    let token_segment = |path: &str| {
+        let (rest, last) = path.rsplit_once('/')?;
+        (rest == "/token" || rest.ends_with("/token")).then(|| last.to_string())
+    };
+    let mut segments = Vec::new();
+    if let Some(raw) = token_segment(req.raw_http_path()) {
+        segments.push(("path", raw));
+    }
+    if let Some(RequestContext::ApiGatewayV1(ctx)) = req.request_context_ref()
+        && let Some(raw) = ctx.path.as_deref().and_then(token_segment)
+    {
+        segments.push(("requestContext.path", raw));
+    }
+    if let Some(param) = req
         .path_parameters_ref()
         .and_then(|params| params.first("profile"))
     {
-        return Some(p.to_string());
+        segments.push(("pathParameters.profile", param.to_string()));
     }
-    let path = req.raw_http_path();
-    path.strip_prefix("/token/").map(str::to_string)
+    segments
+}
+
+/// The profile name, only when every field gives it byte for byte as a
+/// valid name. IAM evaluates the path as sent, so `gr%61ph` is not `graph`:
+/// a policy denying `…/GET/token/graph` must not be bypassed by encoding,
+/// whichever field API Gateway decodes.
+fn profile_name(segments: &[(&'static str, String)]) -> Result<ProfileName, Error> {
+    let Some((_, raw)) = segments.first() else {
+        return Err(Error::InvalidRequest(
+            "the path must be /token/{profile}".into(),
+        ));
+    };
+    let encoded = || {
+        Error::InvalidRequest(format!(
+            "the profile in the path must be written exactly as it is named, without \
+             percent-encoding: `{}` is encoded (IAM policies match the path as sent, so \
+             encoded names are refused)",
+            echo(raw)
+        ))
+    };
+    if let Some((field, other)) = segments.iter().find(|(_, s)| s != raw) {
+        if raw.contains('%') {
+            return Err(encoded());
+        }
+        return Err(Error::InvalidRequest(format!(
+            "the profile segment `{}` does not match the request's {field} `{}`",
+            echo(raw),
+            echo(other)
+        )));
+    }
+    if raw.contains('%') {
+        return Err(encoded());
+    }
+    ProfileName::parse(raw).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
 fn min_validity(req: &Request) -> Result<u64, Error> {

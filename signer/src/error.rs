@@ -32,6 +32,13 @@ pub enum Error {
     )]
     MissingIdentity,
 
+    /// The profile lists its allowed principals and the caller is not one.
+    #[error(
+        "caller `{principal}` is not among the allowed_principals of profile `{profile}`; \
+         the operator grants it in the profile's configuration"
+    )]
+    CallerNotAllowed { profile: String, principal: String },
+
     /// Entra answered with an error document.
     #[error("Entra refused the token request (HTTP {status}): {description}")]
     Entra {
@@ -130,6 +137,7 @@ impl Error {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::MissingIdentity => (StatusCode::FORBIDDEN, "access_denied"),
+            Self::CallerNotAllowed { .. } => (StatusCode::FORBIDDEN, "principal_not_allowed"),
             // What could succeed on retry (throttling, outages, a credential
             // still propagating, Entra failing to reach the edge) is a 503
             // with Retry-After, the code passed on; the rest is a refusal.

@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::api::AuditRecord;
 
 pub const NAMESPACE: &str = "aws2azure";
+/// The `Profile` dimension of requests for no configured profile. Profile
+/// names cannot contain parentheses, so it never collides with one.
+pub const UNKNOWN_PROFILE: &str = "(unknown)";
 
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -19,7 +22,10 @@ pub fn now_millis() -> u64 {
 
 /// The EMF document for one request: cache hits and misses and Entra
 /// latency by profile; errors by profile and code (the AADSTS code when
-/// Entra gave one, else the API error code).
+/// Entra gave one, else the API error code). The profile dimension is a
+/// configured profile's name or [`UNKNOWN_PROFILE`]: each dimension value
+/// is a separate (billed) metric, and the requested name is whatever the
+/// caller sent.
 pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
     let hit = audit
         .cache
@@ -52,7 +58,7 @@ pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
                 "Metrics": metrics,
             }]
         },
-        "Profile": audit.profile,
+        "Profile": if audit.profile_configured { audit.profile.as_str() } else { UNKNOWN_PROFILE },
         "CacheHit": u8::from(hit),
         "CacheMiss": u8::from(miss),
         "Error": u8::from(error_code.is_some()),
@@ -76,12 +82,14 @@ mod tests {
     fn hit_and_error_documents() {
         let hit = AuditRecord {
             profile: "graph".into(),
+            profile_configured: true,
             status: 200,
             cache: Some("hit"),
             ..AuditRecord::default()
         };
         let v: serde_json::Value = serde_json::from_str(&emf_line(&hit, 42)).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 42);
+        assert_eq!(v["Profile"], "graph");
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "aws2azure");
         assert_eq!(
             v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
@@ -95,6 +103,7 @@ mod tests {
 
         let refused = AuditRecord {
             profile: "graph".into(),
+            profile_configured: true,
             status: 502,
             error: Some("entra_refused"),
             aadsts: Some(700213),
@@ -115,6 +124,29 @@ mod tests {
             .unwrap()
         {
             assert!(v.get(m["Name"].as_str().unwrap()).is_some(), "{m}");
+        }
+    }
+
+    /// A name the caller made up never becomes a dimension value: one
+    /// caller could otherwise create any number of billed metrics.
+    #[test]
+    fn unconfigured_names_share_one_profile_value() {
+        for (profile, status, error) in [
+            ("graph-2024-guess", 404, "unknown_profile"),
+            ("gr%61ph", 400, "invalid_request"),
+            ("", 403, "access_denied"),
+        ] {
+            let audit = AuditRecord {
+                profile: profile.into(),
+                status,
+                error: Some(error),
+                ..AuditRecord::default()
+            };
+            let line = emf_line(&audit, 7);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["Profile"], UNKNOWN_PROFILE, "{line}");
+            assert_eq!(v["ErrorCode"], error);
+            assert!(profile.is_empty() || !line.contains(profile), "{line}");
         }
     }
 }

@@ -152,6 +152,8 @@ async fn the_lambda_binary_serves_tokens_through_a_local_runtime_api() {
 
     // Unknown profile: a 404 document, not a function error.
     let mut unknown = event.clone();
+    unknown["path"] = json!("/token/nope");
+    unknown["requestContext"]["path"] = json!("/prod/token/nope");
     unknown["pathParameters"]["profile"] = json!("nope");
     let Some(Outcome::Response(response)) = runtime.invoke(unknown, Duration::from_secs(10)).await
     else {
