@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn every_error_names_its_setting() {
         type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (vec![], ISSUER, "is not set"),
             (vec![(ISSUER, "http://issuer.example.com")], ISSUER, "https"),
             (

@@ -59,7 +59,7 @@ struct Entry {
 impl Entry {
     /// Which part of the request the entry was not written for. Named, not
     /// quoted: the file's text is not echoed to the terminal.
-    fn mismatch(&self, key: &CacheKey) -> Option<&'static str> {
+    fn mismatch(&self, key: &CacheKey<'_>) -> Option<&'static str> {
         if self.endpoint != key.endpoint {
             Some("endpoint")
         } else if self.token.profile != key.profile {
@@ -111,7 +111,7 @@ impl Folder {
 
     /// The token cached for `key`: `None` when there is none; an error
     /// (to report, then go to the API) when the file is not to be trusted.
-    pub fn read(&self, key: &CacheKey) -> Result<Option<TokenResponse>, Error> {
+    pub fn read(&self, key: &CacheKey<'_>) -> Result<Option<TokenResponse>, Error> {
         let path = self.path.join(key.file_name());
         let Some(mut file) = self.open_entry(&path)? else {
             return Ok(None);
@@ -138,7 +138,7 @@ impl Folder {
     /// By path, not relative to the checked folder: should the path now
     /// lead elsewhere, what lands there is a 0600 file of this user, which
     /// nobody else can read, and reads still go through the checks.
-    pub fn write(&self, key: &CacheKey, token: &TokenResponse) -> Result<(), Error> {
+    pub fn write(&self, key: &CacheKey<'_>, token: &TokenResponse) -> Result<(), Error> {
         let entry = Entry {
             endpoint: key.endpoint.to_string(),
             access_key_id: key.access_key_id.to_string(),
