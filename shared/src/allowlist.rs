@@ -13,8 +13,8 @@ use std::str::FromStr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::profile::printable;
+use crate::{Error, json_error};
 
 /// One CIDR prefix, normalised (host bits cleared, IPv4-mapped IPv6 as IPv4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -299,7 +299,8 @@ impl AllowlistDocument {
     pub fn from_json(json: &[u8]) -> Result<Self, Error> {
         let doc: Self = serde_json::from_slice(json).map_err(|e| {
             Error::InvalidAllowlist(format!(
-                "expected {{\"source\", \"changeNumber\"?, \"prefixes\": [CIDR, ...]}} ({e})"
+                "expected {{\"source\", \"changeNumber\"?, \"prefixes\": [CIDR, ...]}} ({})",
+                json_error(&e)
             ))
         })?;
         if doc.prefixes.is_empty() {

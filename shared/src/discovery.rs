@@ -10,8 +10,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::jwk::RS256;
+use crate::{Error, echo, json_error};
+
+/// Longest echo of a refused issuer: whole for any real URL, bounded for
+/// a hostile one.
+const MAX_ISSUER_ECHO: usize = 256;
 
 /// Path of the discovery document below the issuer.
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -38,7 +42,7 @@ impl Issuer {
     /// issuer over HTTPS only.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let fail = |reason: &str| Error::InvalidIssuer {
-            issuer: url.to_string(),
+            issuer: echo(url, MAX_ISSUER_ECHO),
             reason: reason.to_string(),
         };
         if url.is_empty() {
@@ -168,6 +172,19 @@ impl DiscoveryDocument {
             id_token_signing_alg_values_supported: vec![RS256.into()],
             claims_supported: CLAIMS_SUPPORTED.iter().map(|c| c.to_string()).collect(),
         }
+    }
+
+    /// Parses a discovery document as an issuer serves it; members this
+    /// project does not read are ignored, as Entra ignores them.
+    pub fn from_json(document: &[u8]) -> Result<Self, Error> {
+        serde_json::from_slice(document).map_err(|e| {
+            Error::InvalidDiscovery(format!(
+                "expected an OpenID discovery document with issuer, jwks_uri, \
+                 response_types_supported, subject_types_supported and \
+                 id_token_signing_alg_values_supported ({})",
+                json_error(&e)
+            ))
+        })
     }
 
     pub fn to_json(&self) -> String {

@@ -23,6 +23,9 @@ pub enum Error {
     #[error("invalid issuer `{issuer}`: {reason}")]
     InvalidIssuer { issuer: String, reason: String },
 
+    #[error("invalid discovery document: {0}")]
+    InvalidDiscovery(String),
+
     #[error("invalid assertion: {0}")]
     InvalidAssertion(String),
 

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spki::der::Decode as _;
 
-use crate::{Error, b64url, b64url_decode};
+use crate::{Error, b64url, b64url_decode, echo, json_error};
+
+/// Longest echo of a member's value (`kty`, `use`, `alg`) in an error.
+const MAX_VALUE_ECHO: usize = 32;
 
 /// The only signature algorithm Entra accepts for federated assertions.
 pub const RS256: &str = "RS256";
@@ -182,16 +185,23 @@ impl TryFrom<RawJwk> for Jwk {
             Some("RSA") => {}
             Some(other) => {
                 return Err(Error::UnsupportedKeyType {
-                    algorithm: format!("kty {other} (key `{kid}`)"),
+                    algorithm: format!("kty {} (key `{kid}`)", echo(other, MAX_VALUE_ECHO)),
                 });
             }
             None => return Err(at("no `kty`".into())),
         }
+        let shown = |value: &Option<String>| value.as_deref().map(|v| echo(v, MAX_VALUE_ECHO));
         if raw.use_.as_deref() != Some("sig") {
-            return Err(at(format!("`use` is {:?}, expected \"sig\"", raw.use_)));
+            return Err(at(format!(
+                "`use` is {:?}, expected \"sig\"",
+                shown(&raw.use_)
+            )));
         }
         if raw.alg.as_deref() != Some(RS256) {
-            return Err(at(format!("`alg` is {:?}, expected \"RS256\"", raw.alg)));
+            return Err(at(format!(
+                "`alg` is {:?}, expected \"RS256\"",
+                shown(&raw.alg)
+            )));
         }
         let decode = |field: &str, v: Option<String>| -> Result<Vec<u8>, Error> {
             let v = v.ok_or_else(|| at(format!("no `{field}`")))?;
@@ -275,8 +285,9 @@ impl JwkSet {
         struct Doc {
             keys: Vec<RawJwk>,
         }
-        let doc: Doc = serde_json::from_slice(document)
-            .map_err(|e| Error::InvalidKeySet(format!("not a JWK Set document ({e})")))?;
+        let doc: Doc = serde_json::from_slice(document).map_err(|e| {
+            Error::InvalidKeySet(format!("not a JWK Set document ({})", json_error(&e)))
+        })?;
         if doc.keys.len() > MAX_KEYS {
             return Err(Error::InvalidKeySet(format!(
                 "{} keys; Entra reads only the first {MAX_KEYS}, publish fewer",

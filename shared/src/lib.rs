@@ -28,6 +28,34 @@ pub(crate) fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Input echoed into an error message: at most `max` characters, control
+/// characters replaced, so that a hostile document can neither flood a log
+/// line nor forge one.
+pub(crate) fn echo(input: &str, max: usize) -> String {
+    let mut out: String = input
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if input.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// serde_json's message with any echoed value bounded (its "invalid type:
+/// string …" quotes a whole string value) and the position kept.
+pub(crate) fn json_error(error: &serde_json::Error) -> String {
+    /// Room for serde's own words and a short excerpt of the value.
+    const MAX: usize = 160;
+    let full = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match full.strip_suffix(&position) {
+        Some(message) if error.line() > 0 => format!("{}{position}", echo(message, MAX)),
+        _ => echo(&full, MAX),
+    }
+}
+
 pub(crate) fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD

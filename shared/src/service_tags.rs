@@ -10,8 +10,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::Error;
 use crate::allowlist::{AllowlistDocument, Cidr};
+use crate::{Error, echo, json_error};
+
+/// Longest echo of the requested tag name in an error.
+const MAX_TAG_ECHO: usize = 80;
 
 /// The tag Entra's sign-in and token endpoints are published under.
 pub const DEFAULT_TAG: &str = "AzureActiveDirectory";
@@ -66,7 +69,7 @@ pub fn select(json: &[u8], tag: &str) -> Result<ServiceTag, Error> {
         } else {
             ""
         };
-        Error::ServiceTags(format!("not valid JSON{hint}: {e}"))
+        Error::ServiceTags(format!("not valid JSON{hint}: {}", json_error(&e)))
     };
     // Validate the whole document first: a truncated download must not yield
     // a partial tag just because the wanted entry came early.
@@ -85,19 +88,23 @@ pub fn select(json: &[u8], tag: &str) -> Result<ServiceTag, Error> {
         },
     };
     let available = entries.len();
+    let shown = echo(tag, MAX_TAG_ECHO);
     let entry = entries
         .into_iter()
         .find(|e| e.name == tag)
         .ok_or_else(|| Error::TagNotFound {
-            tag: tag.to_string(),
+            tag: shown.clone(),
             available,
         })?;
     let props: Properties = serde_json::from_str(entry.properties.get()).map_err(|e| {
-        Error::ServiceTags(format!("tag `{tag}` has no usable `addressPrefixes`: {e}"))
+        Error::ServiceTags(format!(
+            "tag `{shown}` has no usable `addressPrefixes`: {}",
+            json_error(&e)
+        ))
     })?;
     if props.address_prefixes.is_empty() {
         return Err(Error::ServiceTags(format!(
-            "tag `{tag}` has no address prefixes"
+            "tag `{shown}` has no address prefixes"
         )));
     }
     let prefixes = props
@@ -105,7 +112,7 @@ pub fn select(json: &[u8], tag: &str) -> Result<ServiceTag, Error> {
         .iter()
         .map(|p| p.parse::<Cidr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::ServiceTags(format!("tag `{tag}`: {e}")))?;
+        .map_err(|e| Error::ServiceTags(format!("tag `{shown}`: {e}")))?;
     Ok(ServiceTag {
         name: entry.name.into_owned(),
         change_number: props.change_number,
