@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws2azure_shared::allowlist::AllowlistMode;
 use aws2azure_shared::discovery::{DiscoveryDocument, Issuer};
+use aws2azure_shared::echo;
 use bytes::Bytes;
 
 use crate::Error;
@@ -47,6 +48,9 @@ const MAX_MAX_AGE: u32 = 86_400;
 const MAX_KV_REFRESH_SECONDS: u32 = 3600;
 /// Workers KV's limit on key names.
 const MAX_KV_KEY_BYTES: usize = 512;
+/// Longest echo of a refused value in a setting's error (the variables are
+/// the operator's, but a pasted file must not flood the log line).
+const MAX_ECHO: usize = 64;
 
 /// Where the key document comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +102,7 @@ impl EdgeConfig {
             Some(text) => text.parse().map_err(|_| {
                 Error::setting_error(
                     ALLOWLIST_MODE,
-                    format!("{text:?} is not a mode"),
+                    format!("{:?} is not a mode", echo(&text, MAX_ECHO)),
                     "set `off`, `monitor` or `enforce` (lowercase), or remove it for `monitor`",
                 )
             })?,
@@ -238,7 +242,10 @@ fn seconds(
     let value: u32 = text.trim().parse().map_err(|_| {
         Error::setting_error(
             name,
-            format!("{text:?} is not a whole number of seconds"),
+            format!(
+                "{:?} is not a whole number of seconds",
+                echo(&text, MAX_ECHO)
+            ),
             fix(),
         )
     })?;
@@ -265,7 +272,10 @@ fn kv_key(
     } else if key.len() > MAX_KV_KEY_BYTES {
         Some(format!("it is longer than KV's {MAX_KV_KEY_BYTES} bytes"))
     } else if key == "." || key == ".." || key.chars().any(char::is_control) {
-        Some(format!("{key:?} is not a usable KV key name"))
+        Some(format!(
+            "{:?} is not a usable KV key name",
+            echo(&key, MAX_ECHO)
+        ))
     } else {
         None
     };
@@ -446,5 +456,24 @@ mod tests {
         let long = "k".repeat(513);
         let err = config(&[issuer, (ALLOWLIST_KV_KEY, &long)]).unwrap_err();
         assert!(err.to_string().contains("512 bytes"), "{err}");
+    }
+
+    /// Found by tests/core_props.rs: a refused value was echoed whole into
+    /// the error, which the edge logs on every request while misconfigured.
+    #[test]
+    fn refused_values_are_echoed_bounded() {
+        let issuer = (ISSUER, "https://issuer.example.com");
+        let huge = "9x".repeat(50_000);
+        let control = "\u{1b}[31m".repeat(100);
+        for setting in [ALLOWLIST_MODE, JWKS_MAX_AGE, KEY_DOCUMENT_KV_KEY] {
+            for value in [huge.as_str(), control.as_str()] {
+                let err = config(&[issuer, (setting, value)]).unwrap_err();
+                let text = err.to_string();
+                assert!(text.len() < 600, "{setting}: {} bytes", text.len());
+                assert!(!text.contains('\u{1b}'), "{text}");
+            }
+        }
+        let err = config(&[(ISSUER, &format!("ftp://{huge}"))]).unwrap_err();
+        assert!(err.to_string().len() < 800, "{err}");
     }
 }

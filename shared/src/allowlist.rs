@@ -282,6 +282,9 @@ impl Decision {
     }
 }
 
+/// Longest `source` of an allowlist document.
+pub const MAX_SOURCE_LEN: usize = 128;
+
 /// The allowlist as published for the edge (and written by
 /// `aws2azure allowlist`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +310,13 @@ impl AllowlistDocument {
             return Err(Error::InvalidAllowlist(
                 "it has no prefixes; an empty list would deny everyone in enforce mode".into(),
             ));
+        }
+        // The edge logs the source on every request: keep it a short label.
+        if doc.source.chars().count() > MAX_SOURCE_LEN || doc.source.chars().any(char::is_control) {
+            return Err(Error::InvalidAllowlist(format!(
+                "`source` must be at most {MAX_SOURCE_LEN} printable characters, e.g. the \
+                 service tag name; it is logged with every request"
+            )));
         }
         Ok(doc)
     }
@@ -485,6 +495,29 @@ mod tests {
         let err = AllowlistDocument::from_json(br#"{"source":"x","prefixes":["10.0.0.0/33"]}"#)
             .unwrap_err();
         assert!(err.to_string().contains("exceeds 32"), "{err}");
+    }
+
+    /// Found by the edge's property tests: the source became part of the
+    /// label logged with every request, at any length.
+    #[test]
+    fn the_source_is_a_short_printable_label() {
+        let doc = |source: &str| {
+            serde_json::json!({"source": source, "prefixes": ["10.0.0.0/8"]}).to_string()
+        };
+        let longest = "s".repeat(MAX_SOURCE_LEN);
+        assert!(AllowlistDocument::from_json(doc(&longest).as_bytes()).is_ok());
+        for bad in [
+            format!("{longest}s"),
+            "x".repeat(1 << 20),
+            "a\nforged".into(),
+        ] {
+            let err = AllowlistDocument::from_json(doc(&bad).as_bytes()).unwrap_err();
+            assert!(
+                err.to_string().contains("`source` must be at most"),
+                "{err}"
+            );
+            assert!(err.to_string().len() < 200, "{err}");
+        }
     }
 
     fn arb_v4_cidr() -> impl Strategy<Value = Cidr> {

@@ -31,7 +31,7 @@ pub(crate) fn b64url(bytes: &[u8]) -> String {
 /// Input echoed into an error message: at most `max` characters, control
 /// characters replaced, so that a hostile document can neither flood a log
 /// line nor forge one.
-pub(crate) fn echo(input: &str, max: usize) -> String {
+pub fn echo(input: &str, max: usize) -> String {
     let mut out: String = input
         .chars()
         .take(max)

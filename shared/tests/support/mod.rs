@@ -275,3 +275,15 @@ pub fn edit_bytes(mut bytes: Vec<u8>, edits: &[ByteEdit]) -> Vec<u8> {
     }
     bytes
 }
+
+/// Bytes that print as (lossy, shortened) text when a case fails.
+#[derive(Clone)]
+pub struct Raw(pub Vec<u8>);
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = String::from_utf8_lossy(&self.0);
+        let shown: String = text.chars().take(2000).collect();
+        write!(f, "Raw({shown:?}, {} bytes)", self.0.len())
+    }
+}
