@@ -103,16 +103,42 @@ impl TokenExchange for EntraClient {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response
-            .bytes()
+        let (body, complete) = read_capped(response)
             .await
             .map_err(|e| self.transport_error(e))?;
         if (200..300).contains(&status) {
+            if !complete {
+                return Err(Error::EntraResponse(format!(
+                    "success response is larger than {MAX_RESPONSE_BYTES} bytes: not a token document"
+                )));
+            }
             parse_success(&body)
         } else {
+            // A cut error page still tells the status and Retry-After.
             Err(parse_error(status, &body, retry_after))
         }
     }
+}
+
+/// The body, up to [`MAX_RESPONSE_BYTES`]; `false` when there was more
+/// (which is then neither read nor kept).
+async fn read_capped(mut response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Ok((Vec::new(), false));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
 }
 
 impl EntraClient {
@@ -156,8 +182,10 @@ struct ErrorBody {
 /// Parses Entra's success document.
 pub fn parse_success(body: &[u8]) -> Result<IssuedToken, Error> {
     let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
-        // serde's message names the field, never the value.
-        Error::EntraResponse(format!("success response is not a token document ({e})"))
+        Error::EntraResponse(format!(
+            "success response is not a token document ({})",
+            without_values(&e)
+        ))
     })?;
     if parsed.access_token.is_empty() || parsed.expires_in == 0 {
         return Err(Error::EntraResponse(
@@ -209,6 +237,20 @@ pub fn parse_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> E
     }
 }
 
+/// serde's message without the values it quotes: "invalid type: string
+/// \"…\"" would otherwise carry whatever string stood where a document was
+/// expected, a token included. Field names and the position stay.
+fn without_values(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let shown = match (message.find('"'), message.rfind('"')) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}\"…\"{}", &message[..start], &message[end + 1..])
+        }
+        _ => message,
+    };
+    truncate(&shown, 300)
+}
+
 fn aadsts_in(text: &str) -> Option<u32> {
     let at = text.find("AADSTS")? + "AADSTS".len();
     let digits: String = text[at..]
@@ -226,6 +268,11 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Largest token endpoint answer read. Entra's are a few kilobytes (a token
+/// for an app with many roles stays far below this); anything larger is not
+/// a token document, and is not held in memory.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
 /// Longest `Retry-After` taken at its word; anything longer (or absurd) is
 /// treated as this, which already exceeds every deadline of the broker.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -238,6 +285,8 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
+        // More seconds than a u64 holds is still a (very long) wait.
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => MAX_RETRY_AFTER,
         Err(_) => httpdate::parse_http_date(value)
             .ok()?
             .duration_since(std::time::SystemTime::now())
