@@ -4,10 +4,20 @@
 use std::time::{Duration, Instant};
 
 use aws2azure_shared::discovery::{DiscoveryDocument, Issuer};
+use aws2azure_shared::echo;
 use aws2azure_shared::jwk::{Jwk, MAX_KEYS, RawJwk};
 use serde::Serialize;
 
 use crate::Error;
+
+/// Largest document read from an issuer. A discovery document is under a
+/// kilobyte and a key set of 100 keys about 50 KB; anything larger is
+/// refused after this much, not read whole into memory.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Longest echo of a served value (a URL, an issuer) in a detail line.
+const MAX_URL_ECHO: usize = 200;
+/// Longest echo of a served `kid` in a check name.
+const MAX_KID_ECHO: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,11 +119,17 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
     report.add("issuer URL", Status::Pass, issuer.as_str());
 
     let discovery_url = issuer.discovery_url();
-    let Some((discovery, headers)) =
-        fetch_json::<DiscoveryDocument>(&http, &discovery_url, "discovery document", &mut report)
-            .await
+    let Some((body, headers)) =
+        fetch(&http, &discovery_url, "discovery document", &mut report).await
     else {
         return Ok(report);
+    };
+    let discovery = match DiscoveryDocument::from_json(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            report.add("discovery document is JSON", Status::Fail, e.to_string());
+            return Ok(report);
+        }
     };
     cache_headers(&mut report, "discovery cache headers", &headers);
     if discovery.issuer == issuer.as_str() {
@@ -128,8 +144,8 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
             Status::Fail,
             format!(
                 "discovery says {:?}, the URL is {:?}; Entra compares them byte for byte (trailing slash included): set the edge's ISSUER to exactly the URL in the federated credential",
-                discovery.issuer,
-                issuer.as_str()
+                echo(&discovery.issuer, MAX_URL_ECHO),
+                echo(issuer.as_str(), MAX_URL_ECHO)
             ),
         );
     }
@@ -164,7 +180,7 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
             report.add(
                 "jwks_uri",
                 Status::Fail,
-                format!("{} is not https", discovery.jwks_uri),
+                format!("{} is not https", echo(&discovery.jwks_uri, MAX_URL_ECHO)),
             );
             false
         }
@@ -172,7 +188,10 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
             report.add(
                 "jwks_uri",
                 Status::Fail,
-                format!("{:?} is not an absolute URL", discovery.jwks_uri),
+                format!(
+                    "{:?} is not an absolute URL",
+                    echo(&discovery.jwks_uri, MAX_URL_ECHO)
+                ),
             );
             false
         }
@@ -180,10 +199,20 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
     if !jwks_ok {
         return Ok(report);
     }
-    let Some((jwks, headers)) =
-        fetch_json::<serde_json::Value>(&http, &discovery.jwks_uri, "key set", &mut report).await
+    let Some((body, headers)) = fetch(&http, &discovery.jwks_uri, "key set", &mut report).await
     else {
         return Ok(report);
+    };
+    let jwks: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            report.add(
+                "key set is JSON",
+                Status::Fail,
+                echo(&e.to_string(), MAX_URL_ECHO),
+            );
+            return Ok(report);
+        }
     };
     cache_headers(&mut report, "key set cache headers", &headers);
     let Some(keys) = jwks.get("keys").and_then(|k| k.as_array()) else {
@@ -202,10 +231,11 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
         report.add("keys", Status::Pass, format!("{} key(s)", keys.len()));
     }
     let mut kids = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
+    // Entra reads the first MAX_KEYS keys only; so does this report.
+    for (i, key) in keys.iter().take(MAX_KEYS).enumerate() {
         let raw: RawJwk = serde_json::from_value(key.clone()).unwrap_or_default();
         let label = match &raw.kid {
-            Some(kid) => format!("key {kid}"),
+            Some(kid) => format!("key {}", echo(kid, MAX_KID_ECHO)),
             None => format!("key #{i}"),
         };
         if let Some(kid) = &raw.kid {
@@ -242,14 +272,16 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
     Ok(report)
 }
 
-async fn fetch_json<T: serde::de::DeserializeOwned>(
+/// GETs a document of at most [`MAX_DOCUMENT_BYTES`]; reports why not.
+async fn fetch(
     http: &reqwest::Client,
     url: &str,
     what: &str,
     report: &mut Report,
-) -> Option<(T, reqwest::header::HeaderMap)> {
+) -> Option<(Vec<u8>, reqwest::header::HeaderMap)> {
     let started = Instant::now();
-    let response = match http
+    let shown = echo(url, MAX_URL_ECHO);
+    let mut response = match http
         .get(url)
         .header("accept", "application/json")
         .send()
@@ -260,7 +292,10 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
             report.add(
                 format!("{what} reachable"),
                 Status::Fail,
-                format!("GET {url}: {}", e.without_url()),
+                format!(
+                    "GET {shown}: {}",
+                    echo(&e.without_url().to_string(), MAX_URL_ECHO)
+                ),
             );
             return None;
         }
@@ -271,33 +306,50 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
         report.add(
             format!("{what} reachable"),
             Status::Fail,
-            format!("GET {url}: HTTP {}{}", status.as_u16(), if status.is_redirection() { " (Entra does not follow redirects to the discovery document: serve it directly)" } else { "" }),
+            format!("GET {shown}: HTTP {}{}", status.as_u16(), if status.is_redirection() { " (Entra does not follow redirects to the discovery document: serve it directly)" } else { "" }),
         );
         return None;
     }
-    let body = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            report.add(
-                format!("{what} reachable"),
-                Status::Fail,
-                format!("GET {url}: {e}"),
-            );
-            return None;
-        }
+    let too_large = || {
+        format!(
+            "GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes, not read further; a {what} is a few kilobytes"
+        )
     };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
+    {
+        report.add(format!("{what} size"), Status::Fail, too_large());
+        return None;
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_DOCUMENT_BYTES => {
+                report.add(format!("{what} size"), Status::Fail, too_large());
+                return None;
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                report.add(
+                    format!("{what} reachable"),
+                    Status::Fail,
+                    format!(
+                        "GET {shown}: {}",
+                        echo(&e.without_url().to_string(), MAX_URL_ECHO)
+                    ),
+                );
+                return None;
+            }
+        }
+    }
     report.add(
         format!("{what} reachable"),
         Status::Pass,
-        format!("GET {url}: 200 in {} ms", started.elapsed().as_millis()),
+        format!("GET {shown}: 200 in {} ms", started.elapsed().as_millis()),
     );
-    match serde_json::from_slice(&body) {
-        Ok(v) => Some((v, headers)),
-        Err(e) => {
-            report.add(format!("{what} is JSON"), Status::Fail, format!("{e}"));
-            None
-        }
-    }
+    Some((body, headers))
 }
 
 fn cache_headers(report: &mut Report, name: &str, headers: &reqwest::header::HeaderMap) {
