@@ -215,9 +215,13 @@ pub fn verify(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
         ));
     }
-    let sent_token = headers
-        .get("x-amz-security-token")
-        .and_then(|v| v.to_str().ok());
+    // A token that is not text is a token nobody can validate: refused, as
+    // API Gateway does, never taken for no token at all.
+    let sent_token = match headers.get("x-amz-security-token").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(_)) => return Err(invalid_token()),
+    };
     match (&principal.session_token, sent_token) {
         (Some(expected), Some(sent)) if expected == sent => {}
         (None, None) => {}

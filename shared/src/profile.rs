@@ -434,7 +434,8 @@ impl Profiles {
         let raw: BTreeMap<String, ProfileConfig> = serde_json::from_str(json).map_err(|e| {
             Error::InvalidProfiles(format!(
                 "expected a JSON object of profiles, each with tenant_id, client_id, scope, \
-                 subject, and optional authority and allowed_principals ({e})"
+                 subject, and optional authority and allowed_principals ({})",
+                crate::json_error(&e)
             ))
         })?;
         Self::from_configs(raw)

@@ -200,7 +200,7 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
         return Err(Error::MissingIdentity.into());
     };
     if req.method() != Method::GET {
-        return Err(Error::MethodNotAllowed(req.method().to_string()).into());
+        return Err(Error::MethodNotAllowed(echo(req.method().as_str())).into());
     }
     let name = profile_name(&segments)?;
     let min_validity = min_validity(req)?;
@@ -322,15 +322,7 @@ fn min_validity(req: &Request) -> Result<u64, Error> {
 }
 
 fn echo(input: &str) -> String {
-    let mut out: String = input
-        .chars()
-        .take(ECHO_MAX)
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if input.chars().count() > ECHO_MAX {
-        out.push('…');
-    }
-    out
+    aws2azure_shared::echo(input, ECHO_MAX)
 }
 
 fn success(profile: &str, broker: &Broker, issued: &Issued) -> Response<Body> {
