@@ -10,7 +10,8 @@
 //! Answers use Entra's JSON shapes and AADSTS codes.
 //!
 //! For tests it can be told to fail the next N calls (429 with
-//! `Retry-After`, 5xx, a delay, AADSTS70021) and it counts what it did.
+//! `Retry-After`, 5xx, a delay, AADSTS70021), or every call during a window
+//! of time (an outage), and it counts what it did.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -107,9 +108,19 @@ struct MetadataEntry {
     fetched: Instant,
 }
 
+/// A fault applied to every token request until `until`.
+struct FaultWindow {
+    fault: Fault,
+    until: Instant,
+}
+
+/// The longest fault window accepted: one hour.
+pub const MAX_FAULT_WINDOW: Duration = Duration::from_secs(3600);
+
 struct StateInner {
     config: EntraConfig,
     faults: Mutex<VecDeque<Fault>>,
+    window: Mutex<Option<FaultWindow>>,
     stats: Mutex<EntraStats>,
     metadata: tokio::sync::Mutex<HashMap<String, MetadataEntry>>,
     http: reqwest::Client,
@@ -131,6 +142,7 @@ impl EntraStandIn {
             state: Arc::new(StateInner {
                 config,
                 faults: Mutex::new(VecDeque::new()),
+                window: Mutex::new(None),
                 stats: Mutex::new(EntraStats::default()),
                 metadata: tokio::sync::Mutex::new(HashMap::new()),
                 http,
@@ -157,6 +169,37 @@ impl EntraStandIn {
         faults.extend(std::iter::repeat_n(fault, count));
     }
 
+    /// Applies `fault` to every token request for `duration` (at most
+    /// [`MAX_FAULT_WINDOW`]), replacing a window still open: an outage of
+    /// Entra rather than a number of failed calls. Queued faults
+    /// ([`EntraStandIn::inject`]) go first.
+    pub fn inject_for(&self, fault: Fault, duration: Duration) {
+        let until = Instant::now() + duration.min(MAX_FAULT_WINDOW);
+        *self.state.window.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(FaultWindow { fault, until });
+    }
+
+    /// The fault for the token request arriving now, if any.
+    fn next_fault(&self) -> Option<Fault> {
+        let queued = self
+            .state
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        queued.or_else(|| {
+            let mut window = self.state.window.lock().unwrap_or_else(|p| p.into_inner());
+            match window.as_ref() {
+                Some(w) if Instant::now() < w.until => Some(w.fault.clone()),
+                Some(_) => {
+                    *window = None;
+                    None
+                }
+                None => None,
+            }
+        })
+    }
+
     pub fn stats(&self) -> EntraStats {
         self.state
             .stats
@@ -175,24 +218,39 @@ impl EntraStandIn {
     }
 }
 
+/// `POST /_devstack/faults`: `{"kind": …, "count": N}` fails the next N
+/// token requests (default 1); `{"kind": …, "window_ms": M}` fails every
+/// token request for the next M milliseconds.
 #[derive(Deserialize)]
 struct FaultRequest {
     #[serde(flatten)]
     fault: Fault,
-    #[serde(default = "one")]
-    count: usize,
+    count: Option<usize>,
+    window_ms: Option<u64>,
 }
 
-fn one() -> usize {
-    1
-}
-
-async fn add_faults(
-    State(entra): State<EntraStandIn>,
-    Json(req): Json<FaultRequest>,
-) -> StatusCode {
-    entra.inject(req.fault, req.count);
-    StatusCode::NO_CONTENT
+async fn add_faults(State(entra): State<EntraStandIn>, Json(req): Json<FaultRequest>) -> Response {
+    let max_ms = MAX_FAULT_WINDOW.as_millis() as u64;
+    match (req.count, req.window_ms) {
+        (Some(_), Some(_)) => (
+            StatusCode::BAD_REQUEST,
+            "give either `count` (the next N requests) or `window_ms` (every request for that long), not both\n",
+        )
+            .into_response(),
+        (None, Some(ms)) if ms > max_ms => (
+            StatusCode::BAD_REQUEST,
+            format!("`window_ms` must be at most {max_ms} (one hour)\n"),
+        )
+            .into_response(),
+        (None, Some(ms)) => {
+            entra.inject_for(req.fault, Duration::from_millis(ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (count, None) => {
+            entra.inject(req.fault, count.unwrap_or(1));
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
 }
 
 async fn stats(State(entra): State<EntraStandIn>) -> Json<EntraStats> {
@@ -263,13 +321,7 @@ async fn token(
     form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     entra.count(|s| s.token_requests += 1);
-    let fault = entra
-        .state
-        .faults
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop_front();
-    if let Some(fault) = fault {
+    if let Some(fault) = entra.next_fault() {
         entra.count(|s| s.faults += 1);
         match fault {
             Fault::Throttle { retry_after_secs } => {
@@ -650,4 +702,67 @@ impl EntraStandIn {
 /// Decodes the claims of a token this stand-in issued.
 pub fn issued_claims(access_token: &str) -> Option<Value> {
     access_token.split('.').nth(1).and_then(b64url_json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn token_status(http: &reqwest::Client, url: &str) -> u16 {
+        http.post(format!("{url}/tenant/oauth2/v2.0/token"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn a_fault_window_fails_every_request_until_it_closes() {
+        let entra = EntraStandIn::new(EntraConfig::new(vec![]));
+        let server = entra.clone().serve(crate::loopback()).await.unwrap();
+        let (http, url) = (reqwest::Client::new(), server.url());
+        let faults = format!("{url}/_devstack/faults");
+
+        let both = http
+            .post(&faults)
+            .json(&json!({"kind": "not_propagated", "count": 2, "window_ms": 100}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(both.status(), 400, "count and window_ms together");
+        let too_long = http
+            .post(&faults)
+            .json(&json!({"kind": "not_propagated", "window_ms": 3_600_001}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(too_long.status(), 400);
+        assert_eq!(entra.stats().faults, 0);
+
+        let window = http
+            .post(&faults)
+            .json(&json!({"kind": "throttle", "retry_after_secs": 1, "window_ms": 400}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(window.status(), 204);
+        for _ in 0..5 {
+            assert_eq!(token_status(&http, &url).await, 429);
+        }
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // The form is incomplete: answered by validation, not by a fault.
+        assert_eq!(token_status(&http, &url).await, 400);
+        assert_eq!(entra.stats().faults, 5);
+
+        // A counted fault goes before an open window.
+        entra.inject_for(Fault::ServerError { status: 503 }, Duration::from_secs(60));
+        entra.inject(Fault::NotPropagated, 1);
+        assert_eq!(token_status(&http, &url).await, 400, "AADSTS70021 first");
+        assert_eq!(token_status(&http, &url).await, 503);
+        assert_eq!(entra.stats().refused.get(&70021), Some(&1));
+        drop(http);
+        server.stop().await;
+    }
 }
