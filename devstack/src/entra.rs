@@ -13,7 +13,7 @@
 //! `Retry-After`, 5xx, a delay, AADSTS70021), or every call during a window
 //! of time (an outage), and it counts what it did.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +31,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{Error, Server};
+
+mod faults;
+
+pub use faults::{Fault, MAX_FAULT_WINDOW};
+use faults::{Faults, add_faults};
 
 /// One federated identity credential of an app registration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,20 +79,6 @@ impl EntraConfig {
     }
 }
 
-/// A failure to inject into the next calls.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Fault {
-    /// HTTP 429 with `Retry-After`.
-    Throttle { retry_after_secs: u64 },
-    /// An HTTP 5xx.
-    ServerError { status: u16 },
-    /// Wait before answering normally.
-    Delay { millis: u64 },
-    /// AADSTS70021: a new federated credential not yet propagated.
-    NotPropagated,
-}
-
 /// What the stand-in has done.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntraStats {
@@ -108,19 +99,9 @@ struct MetadataEntry {
     fetched: Instant,
 }
 
-/// A fault applied to every token request until `until`.
-struct FaultWindow {
-    fault: Fault,
-    until: Instant,
-}
-
-/// The longest fault window accepted: one hour.
-pub const MAX_FAULT_WINDOW: Duration = Duration::from_secs(3600);
-
 struct StateInner {
     config: EntraConfig,
-    faults: Mutex<VecDeque<Fault>>,
-    window: Mutex<Option<FaultWindow>>,
+    faults: Faults,
     stats: Mutex<EntraStats>,
     metadata: tokio::sync::Mutex<HashMap<String, MetadataEntry>>,
     http: reqwest::Client,
@@ -141,8 +122,7 @@ impl EntraStandIn {
         Self {
             state: Arc::new(StateInner {
                 config,
-                faults: Mutex::new(VecDeque::new()),
-                window: Mutex::new(None),
+                faults: Faults::default(),
                 stats: Mutex::new(EntraStats::default()),
                 metadata: tokio::sync::Mutex::new(HashMap::new()),
                 http,
@@ -165,8 +145,7 @@ impl EntraStandIn {
 
     /// Queues `fault` for each of the next `count` token requests.
     pub fn inject(&self, fault: Fault, count: usize) {
-        let mut faults = self.state.faults.lock().unwrap_or_else(|p| p.into_inner());
-        faults.extend(std::iter::repeat_n(fault, count));
+        self.state.faults.push(fault, count);
     }
 
     /// Applies `fault` to every token request for `duration` (at most
@@ -174,30 +153,7 @@ impl EntraStandIn {
     /// Entra rather than a number of failed calls. Queued faults
     /// ([`EntraStandIn::inject`]) go first.
     pub fn inject_for(&self, fault: Fault, duration: Duration) {
-        let until = Instant::now() + duration.min(MAX_FAULT_WINDOW);
-        *self.state.window.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(FaultWindow { fault, until });
-    }
-
-    /// The fault for the token request arriving now, if any.
-    fn next_fault(&self) -> Option<Fault> {
-        let queued = self
-            .state
-            .faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        queued.or_else(|| {
-            let mut window = self.state.window.lock().unwrap_or_else(|p| p.into_inner());
-            match window.as_ref() {
-                Some(w) if Instant::now() < w.until => Some(w.fault.clone()),
-                Some(_) => {
-                    *window = None;
-                    None
-                }
-                None => None,
-            }
-        })
+        self.state.faults.open_window(fault, duration);
     }
 
     pub fn stats(&self) -> EntraStats {
@@ -215,41 +171,6 @@ impl EntraStandIn {
 
     fn count(&self, f: impl FnOnce(&mut EntraStats)) {
         f(&mut self.state.stats.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
-
-/// `POST /_devstack/faults`: `{"kind": …, "count": N}` fails the next N
-/// token requests (default 1); `{"kind": …, "window_ms": M}` fails every
-/// token request for the next M milliseconds.
-#[derive(Deserialize)]
-struct FaultRequest {
-    #[serde(flatten)]
-    fault: Fault,
-    count: Option<usize>,
-    window_ms: Option<u64>,
-}
-
-async fn add_faults(State(entra): State<EntraStandIn>, Json(req): Json<FaultRequest>) -> Response {
-    let max_ms = MAX_FAULT_WINDOW.as_millis() as u64;
-    match (req.count, req.window_ms) {
-        (Some(_), Some(_)) => (
-            StatusCode::BAD_REQUEST,
-            "give either `count` (the next N requests) or `window_ms` (every request for that long), not both\n",
-        )
-            .into_response(),
-        (None, Some(ms)) if ms > max_ms => (
-            StatusCode::BAD_REQUEST,
-            format!("`window_ms` must be at most {max_ms} (one hour)\n"),
-        )
-            .into_response(),
-        (None, Some(ms)) => {
-            entra.inject_for(req.fault, Duration::from_millis(ms));
-            StatusCode::NO_CONTENT.into_response()
-        }
-        (count, None) => {
-            entra.inject(req.fault, count.unwrap_or(1));
-            StatusCode::NO_CONTENT.into_response()
-        }
     }
 }
 
@@ -321,7 +242,7 @@ async fn token(
     form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     entra.count(|s| s.token_requests += 1);
-    if let Some(fault) = entra.next_fault() {
+    if let Some(fault) = entra.state.faults.next() {
         entra.count(|s| s.faults += 1);
         match fault {
             Fault::Throttle { retry_after_secs } => {
@@ -702,67 +623,4 @@ impl EntraStandIn {
 /// Decodes the claims of a token this stand-in issued.
 pub fn issued_claims(access_token: &str) -> Option<Value> {
     access_token.split('.').nth(1).and_then(b64url_json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn token_status(http: &reqwest::Client, url: &str) -> u16 {
-        http.post(format!("{url}/tenant/oauth2/v2.0/token"))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    #[tokio::test]
-    async fn a_fault_window_fails_every_request_until_it_closes() {
-        let entra = EntraStandIn::new(EntraConfig::new(vec![]));
-        let server = entra.clone().serve(crate::loopback()).await.unwrap();
-        let (http, url) = (reqwest::Client::new(), server.url());
-        let faults = format!("{url}/_devstack/faults");
-
-        let both = http
-            .post(&faults)
-            .json(&json!({"kind": "not_propagated", "count": 2, "window_ms": 100}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(both.status(), 400, "count and window_ms together");
-        let too_long = http
-            .post(&faults)
-            .json(&json!({"kind": "not_propagated", "window_ms": 3_600_001}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(too_long.status(), 400);
-        assert_eq!(entra.stats().faults, 0);
-
-        let window = http
-            .post(&faults)
-            .json(&json!({"kind": "throttle", "retry_after_secs": 1, "window_ms": 400}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(window.status(), 204);
-        for _ in 0..5 {
-            assert_eq!(token_status(&http, &url).await, 429);
-        }
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        // The form is incomplete: answered by validation, not by a fault.
-        assert_eq!(token_status(&http, &url).await, 400);
-        assert_eq!(entra.stats().faults, 5);
-
-        // A counted fault goes before an open window.
-        entra.inject_for(Fault::ServerError { status: 503 }, Duration::from_secs(60));
-        entra.inject(Fault::NotPropagated, 1);
-        assert_eq!(token_status(&http, &url).await, 400, "AADSTS70021 first");
-        assert_eq!(token_status(&http, &url).await, 503);
-        assert_eq!(entra.stats().refused.get(&70021), Some(&1));
-        drop(http);
-        server.stop().await;
-    }
 }
