@@ -38,6 +38,9 @@ pub struct DevOptions {
     pub region: String,
     /// Profiles from a configuration file; `None`: the default profile.
     pub profiles: Option<Profiles>,
+    /// `expires_in` of the stand-in's tokens (Entra's: 3599). Shorter makes
+    /// refreshes and cache misses happen within minutes.
+    pub token_lifetime_secs: u64,
     /// Stop after the demonstration instead of serving until interrupted.
     pub once: bool,
 }
@@ -141,7 +144,10 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
             audience: AUDIENCE.into(),
         })
         .collect();
-    let entra = EntraStandIn::new(EntraConfig::new(credentials));
+    let entra = EntraStandIn::new(EntraConfig {
+        token_lifetime_secs: options.token_lifetime_secs,
+        ..EntraConfig::new(credentials)
+    });
     let entra_server = entra
         .clone()
         .serve(options.entra)
@@ -198,8 +204,9 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         options.region
     );
     println!(
-        "  Entra stand-in    {}   (trusts the issuer above; validates like Entra)",
-        entra_server.url()
+        "  Entra stand-in    {}   (trusts the issuer above; validates like Entra; tokens live {} s)",
+        entra_server.url(),
+        options.token_lifetime_secs
     );
     println!(
         "  signing key       RSA {} bits, kid {} (generated for this run, in memory only)",

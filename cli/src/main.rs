@@ -58,6 +58,11 @@ struct DevArgs {
     /// A configuration file with [profiles.NAME] tables (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Lifetime in seconds of the tokens the Entra stand-in issues (Entra's
+    /// are 60-90 minutes); shorter ones make refreshes and cache misses
+    /// happen within minutes.
+    #[arg(long, default_value_t = 3599, value_parser = clap::value_parser!(u64).range(30..=86_400))]
+    token_lifetime: u64,
     /// Stop after fetching the demonstration token.
     #[arg(long)]
     once: bool,
@@ -222,6 +227,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 entra: args.entra,
                 region: args.region,
                 profiles,
+                token_lifetime_secs: args.token_lifetime,
                 once: args.once,
             })
             .await?;
