@@ -42,15 +42,26 @@ const SCOPES: [&str; 5] = [
 ];
 
 /// `n` profiles over 4 tenants, 6 app registrations and 5 resources, each
-/// with its own subject: the subject in a token names its profile.
+/// with its own subject: the subject in a token names its profile. They go
+/// in pairs that differ only by name and subject (one app, two federated
+/// credentials), so that a token served across profiles cannot go unseen.
 pub fn profiles(n: usize) -> Vec<SoakProfile> {
     (0..n)
         .map(|i| {
             let name = format!("soak-{i:02}");
+            let pair = i / 2;
             SoakProfile {
-                tenant: format!("{:08x}-50a4-4000-8000-{:012x}", 0x7e00_0000 + i % 4, i % 4),
-                client: format!("{:08x}-c1e0-4000-8000-{:012x}", 0xc100_0000 + i % 6, i % 6),
-                scope: SCOPES[i % SCOPES.len()].to_string(),
+                tenant: format!(
+                    "{:08x}-50a4-4000-8000-{:012x}",
+                    0x7e00_0000 + pair % 4,
+                    pair % 4
+                ),
+                client: format!(
+                    "{:08x}-c1e0-4000-8000-{:012x}",
+                    0xc100_0000 + pair % 6,
+                    pair % 6
+                ),
+                scope: SCOPES[pair % SCOPES.len()].to_string(),
                 subject: format!("aws2azure:soak:{name}"),
                 name,
             }
@@ -256,7 +267,10 @@ fn pick_valid(target: &Target, role: Role) -> (usize, u64) {
             let relaxed = if fastrand::u8(..3) == 0 { 10 } else { 0 };
             (index, lifetime.saturating_sub(spread + relaxed))
         }
-        _ => (fastrand::usize(..count), [0, 0, 0, 10, 20][fastrand::usize(..5)]),
+        _ => (
+            fastrand::usize(..count),
+            [0, 0, 0, 10, 20][fastrand::usize(..5)],
+        ),
     }
 }
 
