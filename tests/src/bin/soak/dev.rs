@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The local credentials `aws2azure dev` prints as `export` lines.
 #[derive(Clone)]
@@ -28,8 +28,10 @@ pub struct DevProcess {
     pub stderr: PathBuf,
 }
 
-/// How long `aws2azure dev` may take to start and fetch its first token.
+/// How long `aws2azure dev` may take to start and fetch its first token,
+/// checked every 100 ms.
 const STARTUP: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
 
 impl DevProcess {
     pub fn start(
@@ -52,11 +54,12 @@ impl DevProcess {
             .stderr(create(&stderr)?)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let started = Instant::now();
-        let transcript = loop {
+        let mut transcript = None;
+        for _ in 0..STARTUP.as_millis() / POLL.as_millis() {
             let text = std::fs::read_to_string(&stdout).unwrap_or_default();
             if text.lines().any(|l| l.starts_with("Running;")) {
-                break text;
+                transcript = Some(text);
+                break;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
@@ -64,14 +67,15 @@ impl DevProcess {
                     std::fs::read_to_string(&stderr).unwrap_or_default()
                 ));
             }
-            if started.elapsed() > STARTUP {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "aws2azure dev did not start within {STARTUP:?}:\n{text}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
+        }
+        let Some(transcript) = transcript else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "aws2azure dev did not start within {STARTUP:?}:\n{}",
+                std::fs::read_to_string(&stdout).unwrap_or_default()
+            ));
         };
         let parsed = Startup::parse(&transcript);
         let missing = |what: &str| format!("aws2azure dev did not print {what}:\n{transcript}");
@@ -117,8 +121,8 @@ impl DevProcess {
                 std::io::Error::last_os_error()
             ));
         }
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
+        // 10 s, every 50 ms.
+        for _ in 0..200 {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 return Ok(status);
             }

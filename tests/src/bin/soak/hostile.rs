@@ -264,12 +264,14 @@ pub static CASES: &[Case] = &[
     case!(
         "profile_swapped",
         |t| {
-            let (a, b) = (&t.profiles[0].name, &t.profiles[t.profiles.len() - 1].name);
-            let sent = get(t, b, "");
-            with(
-                sent,
-                Signing::SignedFor(format!("{}/token/{a}", t.stage_path)),
-            )
+            // Signed for one profile, sent for another.
+            let signed_for = any_profile(t);
+            let sent = match t.profiles.iter().find(|p| p.name != signed_for) {
+                Some(other) => other.name.clone(),
+                None => format!("{signed_for}x"),
+            };
+            let signed_for = format!("{}/token/{signed_for}", t.stage_path);
+            with(get(t, &sent, ""), Signing::SignedFor(signed_for))
         },
         BAD_SIGNATURE
     ),

@@ -497,14 +497,10 @@ async fn send_hostile(target: &Target, case: &hostile::Case) -> Verdict {
     let answer = match raw_request(&target.authority, request.method, &request.path, &headers).await
     {
         Ok(a) => a,
-        Err(e) => return (0, false, Some(format!("{}: {e}", case.name))),
+        Err(e) => return (0, false, Some(e)),
     };
     let problem = hostile::check(&case.expect, &answer).err();
-    (
-        answer.status,
-        false,
-        problem.map(|p| format!("{}: {p}", case.name)),
-    )
+    (answer.status, false, problem)
 }
 
 /// The SigV4 headers for a request, as `aws2azure token` signs it.

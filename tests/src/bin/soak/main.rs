@@ -155,7 +155,10 @@ async fn run(o: Options) -> Result<bool, String> {
             );
             // Bounded: the run, the drain (at most the request timeout) and a margin.
             let bound = run_for + load::REQUEST_TIMEOUT + Duration::from_secs(30);
-            while !stop.load(Ordering::Relaxed) && t0.elapsed() < bound {
+            for _ in 0..bound.as_secs() {
+                if stop.load(Ordering::Relaxed) || t0.elapsed() >= bound {
+                    break;
+                }
                 let t = t0.elapsed().as_millis() as u64;
                 let kib = dev::rss_kib(pid);
                 if let Some(kib) = kib {

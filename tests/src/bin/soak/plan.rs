@@ -152,7 +152,10 @@ pub async fn inject(entra: String, windows: Vec<Window>, t0: Instant) -> Vec<App
         tokio::time::sleep_until((t0 + Duration::from_millis(to_ms + 500)).into()).await;
         let after = stats(&http, &entra).await;
         let delta = |field: &str| match (&before, &after) {
-            (Ok(b), Ok(a)) => a[field].as_u64().unwrap_or(0) - b[field].as_u64().unwrap_or(0),
+            (Ok(b), Ok(a)) => a[field]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(b[field].as_u64().unwrap_or(0)),
             _ => 0,
         };
         if let (Err(e), _) | (_, Err(e)) = (&before, &after) {
