@@ -111,16 +111,9 @@ impl DevProcess {
 
     /// Stops it as Ctrl-C would (SIGTERM), or kills it after 10 s.
     pub fn stop(mut self) -> Result<ExitStatus, String> {
-        // SAFETY: kill(2) on the pid of a child this process spawned and has
-        // not reaped yet, so the pid cannot have been reused.
-        let sent = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        if sent != 0 {
-            return Err(format!(
-                "SIGTERM to {}: {}",
-                self.pid,
-                std::io::Error::last_os_error()
-            ));
-        }
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .map_err(|e| format!("SIGTERM to {}: {e}", self.pid))?;
         // 10 s, every 50 ms.
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {

@@ -638,6 +638,7 @@ mod tests {
                     scope: p.scope.clone(),
                     subject: p.subject.clone(),
                     authority: None,
+                    allowed_principals: None,
                 };
                 (p.name.clone(), config)
             })

@@ -137,7 +137,7 @@ pub struct Run<'a> {
 }
 
 /// The summary to print, and every assertion that failed.
-pub fn evaluate(run: &Run) -> (String, Vec<String>) {
+pub fn evaluate(run: &Run<'_>) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut failures: Vec<String> = Vec::new();
     let grace_ms = GRACE.as_millis() as u64;
