@@ -171,7 +171,7 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         Box::pin(async move {
             let (response, audit) = handle(&broker, &request).await;
             eprintln!(
-                "[dev] GET /token/{} by {} -> {}{}",
+                "[dev] GET /token/{} by {} -> {}{} in {} ms",
                 audit.profile,
                 audit.caller.as_ref().map(|c| c.arn.as_str()).unwrap_or("?"),
                 audit.status,
@@ -179,7 +179,8 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
                     .cache
                     .map(|c| format!(" ({c})"))
                     .or(audit.error.map(|e| format!(" ({e})")))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                audit.duration_ms
             );
             response
         })

@@ -47,7 +47,15 @@ pub struct LogScan {
     /// Where a served token or a JWT-shaped string was found (file and line,
     /// never the content).
     pub findings: Vec<String>,
+    /// How long each `stale` answer took (dev's request lines end with
+    /// `-> 200 (stale) in N ms`), in milliseconds.
+    pub stale_ms: Vec<u64>,
 }
+
+/// A caller whose token still satisfies it is served that token when the
+/// refresh fails: after one attempt of at most 3 s (docs/signer.md, "Refresh
+/// ahead"), plus 2 s for a loaded machine.
+pub const STALE_LIMIT_MS: u64 = 5_000;
 
 /// Looks for every served token, and for anything JWT-shaped, in `text`.
 /// A token only has base64url characters and dots, so an occurrence lies
@@ -59,6 +67,13 @@ pub fn scan_log(name: &str, text: &str, tokens: &[&str], scan: &mut LogScan) {
     scan.bytes += text.len();
     for (number, line) in text.lines().enumerate() {
         scan.lines += 1;
+        if let Some(ms) = line
+            .split_once("-> 200 (stale) in ")
+            .and_then(|(_, rest)| rest.strip_suffix(" ms"))
+            .and_then(|ms| ms.parse().ok())
+        {
+            scan.stale_ms.push(ms);
+        }
         let served = line
             .split(|c: char| !run_char(c))
             .filter(|run| run.len() >= shortest)
@@ -346,6 +361,28 @@ pub fn evaluate(run: &Run<'_>) -> (String, Vec<String>) {
     for f in run.logs.findings.iter().take(10) {
         failures.push(format!("token in the logs: {f}"));
     }
+    let slow_stale: Vec<u64> = run
+        .logs
+        .stale_ms
+        .iter()
+        .copied()
+        .filter(|ms| *ms > STALE_LIMIT_MS)
+        .collect();
+    let _ = writeln!(
+        out,
+        "stale answers (a still-valid token served when its refresh failed): {}, slowest {} ms, over {} ms: {}",
+        run.logs.stale_ms.len(),
+        run.logs.stale_ms.iter().max().unwrap_or(&0),
+        STALE_LIMIT_MS,
+        slow_stale.len()
+    );
+    if let Some(slowest) = slow_stale.iter().max() {
+        failures.push(format!(
+            "{} callers holding a still-valid token waited more than {} ms for it (slowest {slowest} ms): a refresh is one attempt within 3 s, then the old token at once (docs/signer.md)",
+            slow_stale.len(),
+            STALE_LIMIT_MS
+        ));
+    }
     match run.dev_exit {
         Ok(status) if status.success() => {}
         Ok(status) => failures.push(format!("aws2azure dev exited {status} after SIGTERM")),
@@ -379,6 +416,13 @@ mod tests {
         scan_log("err", &format!("a\nb {token}\n"), &[token], &mut scan);
         assert_eq!(scan.findings, ["err line 2: a served token"]);
         assert_eq!(scan.lines, 4);
+        scan_log(
+            "err",
+            "[dev] GET /token/a by x -> 200 (stale) in 3012 ms\n[dev] GET /token/a by x -> 200 (hit) in 1 ms",
+            &[token],
+            &mut scan,
+        );
+        assert_eq!(scan.stale_ms, [3012]);
         // A token's characters run on into the surrounding word: still found.
         let mut scan = LogScan::default();
         scan_log("err", &format!("x{token}abc"), &[token], &mut scan);
