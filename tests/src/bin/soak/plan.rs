@@ -22,10 +22,10 @@ fn max_windows(run: Duration) -> usize {
 }
 
 /// One kind of Entra failure and how long its window lasts: long enough
-/// that a load with no token to fall back on (4 attempts within 20 s:
-/// about 6 s with `Retry-After` 2, 3 s with backoff alone, 20 s when every
-/// attempt times out) fails inside it, so that callers see 503 or 504, not
-/// only slow answers.
+/// that a load with no token to fall back on (4 attempts within the 15 s
+/// exchange deadline: about 6 s with `Retry-After` 2, 3 s with backoff
+/// alone, the whole deadline when every attempt times out) fails inside
+/// it, so that callers see 503 or 504, not only slow answers.
 struct Kind {
     label: &'static str,
     fault: fn() -> Value,
@@ -45,7 +45,7 @@ const KINDS: [Kind; 5] = [
     },
     Kind {
         // Longer than dev's 5 s attempt timeout; the window outlasts the
-        // broker's 20 s exchange deadline so that loads time out (504).
+        // broker's 15 s exchange deadline so that loads time out (504).
         label: "6 s delay",
         fault: || json!({"kind": "delay", "millis": 6000}),
         length: Duration::from_secs(25),
