@@ -407,6 +407,13 @@ impl Broker {
                         }
                         Ok(issued)
                     }
+                    // Still loading (a full load another caller started):
+                    // the old token serves now, the load fills the cache
+                    // when it finishes, so no backoff.
+                    Err(Failed {
+                        error: Error::DeadlineExceeded(_),
+                        upstream,
+                    }) => Ok(stale(upstream, None)),
                     Err(failed) => {
                         let wait = failed
                             .error
@@ -437,14 +444,16 @@ impl Broker {
         for _round in 0..2 {
             let (flight, joined) = self.flight(&load);
             // The flight runs to its own deadline; this caller waits at
-            // most to its own.
-            let mut issued = match tokio::time::timeout(load.deadline.left(), flight).await {
+            // most to its own, and a caller holding a still-valid token no
+            // longer than a refresh attempt, even when it joined a full
+            // load (retries, backoff) that another caller started.
+            let wait = match load.effort {
+                Effort::Full => load.deadline.left(),
+                Effort::Refresh => load.deadline.cap(self.inner.settings.refresh_budget),
+            };
+            let mut issued = match tokio::time::timeout(wait, flight).await {
                 Ok(result) => result?,
-                Err(_) => {
-                    return Err(
-                        Error::DeadlineExceeded(self.inner.settings.request_deadline).into(),
-                    );
-                }
+                Err(_) => return Err(Error::DeadlineExceeded(wait).into()),
             };
             let now = self.inner.clock.now_unix();
             let satisfied = issued.token.freshness(now, load.min_validity) != Freshness::Unusable;

@@ -657,3 +657,32 @@ fn settings_whose_worst_case_exceeds_the_request_deadline_are_refused() {
     assert_eq!(err.largest_exchange, Duration::from_secs(16));
     assert!(err.to_string().contains("at most 16000 ms"), "{err}");
 }
+
+#[tokio::test]
+async fn a_caller_with_a_valid_token_waits_no_longer_than_a_refresh_for_a_full_load() {
+    let r = rig_tuned(
+        FakeEntra::new(vec![], Duration::from_millis(600)),
+        None,
+        |s| s.refresh_budget = Duration::from_millis(100),
+    );
+    let first = r.token("graph", 0).await.unwrap();
+    r.clock.set(first.token.refresh_on + 1);
+    // A demanding caller starts a full load (the old token cannot serve it).
+    let broker = r.broker.clone();
+    let demanding = tokio::spawn(async move { broker.token("graph", 1000).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let steady = r.token("graph", 0).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(steady.outcome, CacheOutcome::Stale);
+    assert_eq!(steady.token, first.token);
+    let fresh = demanding.await.unwrap().unwrap();
+    assert_eq!(fresh.outcome, CacheOutcome::Miss);
+    // No backoff: the load filled the cache, the next caller gets it.
+    assert_eq!(r.token("graph", 0).await.unwrap().token, fresh.token);
+    assert_eq!(r.entra_calls(), 2);
+}
