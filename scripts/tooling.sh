@@ -26,7 +26,8 @@ ensure_apt() { # ensure_apt COMMAND PACKAGE
 }
 
 # A cargo-installed tool at an exact version (`--locked` first; the crates
-# mirror can lag a lock file's pins, then resolve afresh, see TOOLCHAIN.md).
+# mirror can lag a lock file's pins, e.g. wasm-bindgen-cli 0.2.130's lock
+# wants a webpki-roots the mirror lacks; then resolve afresh).
 ensure_cargo_tool() { # ensure_cargo_tool CRATE VERSION BINARY
     if "$3" --version 2>/dev/null | grep -q "$2"; then return 0; fi
     step "cargo install $1 $2"

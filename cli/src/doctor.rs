@@ -281,7 +281,7 @@ async fn fetch(
 ) -> Option<(Vec<u8>, reqwest::header::HeaderMap)> {
     let started = Instant::now();
     let shown = echo(url, MAX_URL_ECHO);
-    let mut response = match http
+    let response = match http
         .get(url)
         .header("accept", "application/json")
         .send()
@@ -289,14 +289,7 @@ async fn fetch(
     {
         Ok(r) => r,
         Err(e) => {
-            report.add(
-                format!("{what} reachable"),
-                Status::Fail,
-                format!(
-                    "GET {shown}: {}",
-                    echo(&e.without_url().to_string(), MAX_URL_ECHO)
-                ),
-            );
+            unreachable(report, what, &shown, e);
             return None;
         }
     };
@@ -315,41 +308,35 @@ async fn fetch(
             "GET {shown}: larger than {MAX_DOCUMENT_BYTES} bytes, not read further; a {what} is a few kilobytes"
         )
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-    {
-        report.add(format!("{what} size"), Status::Fail, too_large());
-        return None;
-    }
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_DOCUMENT_BYTES => {
-                report.add(format!("{what} size"), Status::Fail, too_large());
-                return None;
-            }
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(e) => {
-                report.add(
-                    format!("{what} reachable"),
-                    Status::Fail,
-                    format!(
-                        "GET {shown}: {}",
-                        echo(&e.without_url().to_string(), MAX_URL_ECHO)
-                    ),
-                );
-                return None;
-            }
+    let body = match aws2azure_signer::entra::read_capped(response, MAX_DOCUMENT_BYTES).await {
+        Ok((body, true)) => body,
+        Ok((_, false)) => {
+            report.add(format!("{what} size"), Status::Fail, too_large());
+            return None;
         }
-    }
+        Err(e) => {
+            unreachable(report, what, &shown, e);
+            return None;
+        }
+    };
     report.add(
         format!("{what} reachable"),
         Status::Pass,
         format!("GET {shown}: 200 in {} ms", started.elapsed().as_millis()),
     );
     Some((body, headers))
+}
+
+/// A document that could not be fetched (the connection, or the body).
+fn unreachable(report: &mut Report, what: &str, shown: &str, error: reqwest::Error) {
+    report.add(
+        format!("{what} reachable"),
+        Status::Fail,
+        format!(
+            "GET {shown}: {}",
+            echo(&error.without_url().to_string(), MAX_URL_ECHO)
+        ),
+    );
 }
 
 fn cache_headers(report: &mut Report, name: &str, headers: &reqwest::header::HeaderMap) {

@@ -103,7 +103,7 @@ impl TokenExchange for EntraClient {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let (body, complete) = read_capped(response)
+        let (body, complete) = read_capped(response, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| self.transport_error(e))?;
         if (200..300).contains(&status) {
@@ -120,18 +120,19 @@ impl TokenExchange for EntraClient {
     }
 }
 
-/// The body, up to [`MAX_RESPONSE_BYTES`]; `false` when there was more
-/// (which is then neither read nor kept).
-async fn read_capped(mut response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
+/// The body, up to `max` bytes; `false` when there was more (which is then
+/// neither read nor kept). Also used by `aws2azure doctor` for the
+/// documents it fetches.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
         return Ok((Vec::new(), false));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = MAX_RESPONSE_BYTES - body.len();
+        let room = max - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
             return Ok((body, false));
