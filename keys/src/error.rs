@@ -1,0 +1,41 @@
+use crate::cloudflare::PublishError;
+use crate::public::PublicError;
+use crate::store::StoreError;
+
+/// Every way a key operation can fail or be refused. Each message names the
+/// cause and the fix; none holds key material beyond public values, nor the
+/// Cloudflare API token.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(
+        "publishing the key document failed, and no alias was moved: {0}; the edge keeps \
+         serving the document it had"
+    )]
+    Publish(#[from] PublishError),
+
+    #[error("reading the public key set failed: {0}")]
+    Public(#[from] PublicError),
+
+    #[error("the key document would be refused by the edge: {0}")]
+    Document(#[source] aws2azure_shared::Error),
+
+    #[error(
+        "the key document would be empty: there is no current, next or previous key; run \
+         `aws2azure keys stage` first"
+    )]
+    EmptyDocument,
+
+    /// A guard refused the step; the message says which invariant, why, and
+    /// when the step becomes possible.
+    #[error("{0}")]
+    Refused(String),
+
+    #[error("{setting}: {message}")]
+    Config {
+        setting: &'static str,
+        message: String,
+    },
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the KMS key store (being written).

@@ -1,0 +1,1 @@
+//! Placeholder: the signing keys' KMS key policy (being written).
