@@ -500,7 +500,7 @@ impl EntraStandIn {
                 ),
             ));
         }
-        Ok(self.issue(tenant, client_id, scope, sub))
+        Ok(self.issue(tenant, client_id, scope, sub, &kid))
     }
 
     /// The issuer's key set, from the cache or fetched through discovery.
@@ -587,8 +587,11 @@ impl EntraStandIn {
     }
 
     /// A token shaped like Entra's (a JWT whose claims say what was granted)
-    /// but signed by nobody: it is only ever handed back to tests.
-    fn issue(&self, tenant: &str, client_id: &str, scope: &str, sub: &str) -> Value {
+    /// but signed by nobody: it is only ever handed back to tests. It also
+    /// names the `kid` of the key the assertion was validated with
+    /// ([`ASSERTION_KID_CLAIM`]), so a test sees which key each exchange
+    /// really used.
+    fn issue(&self, tenant: &str, client_id: &str, scope: &str, sub: &str, kid: &str) -> Value {
         let now = now_unix();
         let lifetime = self.state.config.token_lifetime_secs;
         let resource = scope.strip_suffix("/.default").unwrap_or(scope);
@@ -606,6 +609,7 @@ impl EntraStandIn {
             "uti": uuid::Uuid::new_v4().to_string(),
             "ver": "1.0",
             "aws2azure_devstack": true,
+            ASSERTION_KID_CLAIM: kid,
         });
         let mut body = json!({
             "token_type": "Bearer",
@@ -619,6 +623,10 @@ impl EntraStandIn {
         body
     }
 }
+
+/// The claim of an issued token naming the `kid` the assertion was
+/// validated with (not one of Entra's).
+pub const ASSERTION_KID_CLAIM: &str = "aws2azure_devstack_assertion_kid";
 
 /// Decodes the claims of a token this stand-in issued.
 pub fn issued_claims(access_token: &str) -> Option<Value> {

@@ -24,8 +24,8 @@ use crate::Error;
 use crate::clock::Clock;
 use crate::signing::AssertionSigner;
 
-/// How long a resolved key id and public key are trusted.
-const RESOLVE_TTL_SECS: u64 = 300;
+/// How long a resolved key id and public key are trusted by default.
+pub const RESOLVE_TTL_SECS: u64 = 300;
 
 #[derive(Clone)]
 struct ResolvedKey {
@@ -45,6 +45,7 @@ pub struct KmsSigner {
     client: Client,
     key_ref: String,
     clock: Arc<dyn Clock>,
+    resolve_interval_secs: u64,
     resolution: Arc<Mutex<Resolution>>,
 }
 
@@ -71,8 +72,20 @@ impl KmsSigner {
             client,
             key_ref: key_ref.into(),
             clock,
+            resolve_interval_secs: RESOLVE_TTL_SECS,
             resolution: Arc::default(),
         }
+    }
+
+    /// How long a resolved key is used before the alias is resolved again
+    /// (default [`RESOLVE_TTL_SECS`]), in whole seconds of the signer's
+    /// clock. The key rotation's K2 retention counts on it
+    /// (`signer_resolve_interval`); a short one lets a test rotate keys in
+    /// seconds, at the price of a `DescribeKey` and a `GetPublicKey` per
+    /// interval.
+    pub fn with_resolve_interval(mut self, interval: std::time::Duration) -> Self {
+        self.resolve_interval_secs = interval.as_secs();
+        self
     }
 
     /// Resolves the key now: fails fast on a wrong key at start-up and warms
@@ -86,7 +99,7 @@ impl KmsSigner {
         {
             let mut resolution = lock(&self.resolution);
             match resolution.key.clone() {
-                Some(key) if now.saturating_sub(key.resolved_at) < RESOLVE_TTL_SECS => {
+                Some(key) if now.saturating_sub(key.resolved_at) < self.resolve_interval_secs => {
                     return Ok(key);
                 }
                 // Someone is re-resolving: sign with the key we have.

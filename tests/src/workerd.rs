@@ -263,19 +263,34 @@ impl WorkerdEdge {
     }
 
     async fn control(&self, method: reqwest::Method, path: &str, body: Option<String>) {
+        if let Err(e) = self.try_control(method, path, body).await {
+            panic!("{e}");
+        }
+    }
+
+    async fn try_control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(), String> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.control));
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.expect("the control port answers");
+        let response = request.send().await.map_err(|e| {
+            format!("control {method} {path}: the control port did not answer: {e}")
+        })?;
         let status = response.status();
-        assert!(
-            status.is_success(),
-            "control {method} {path}: {status} {}",
-            response.text().await.unwrap_or_default()
-        );
+        if !status.is_success() {
+            return Err(format!(
+                "control {method} {path}: {status} {}",
+                response.text().await.unwrap_or_default()
+            ));
+        }
+        Ok(())
     }
 
     /// Writes a KV entry under the running Worker.
@@ -286,6 +301,17 @@ impl WorkerdEdge {
             Some(value.to_string()),
         )
         .await;
+    }
+
+    /// [`Self::put_kv`] that reports a failure instead of panicking, for a
+    /// writer running inside a server (the Cloudflare API stand-in's KV).
+    pub async fn try_put_kv(&self, key: &str, value: &str) -> Result<(), String> {
+        self.try_control(
+            reqwest::Method::PUT,
+            &format!("/kv/{key}"),
+            Some(value.to_string()),
+        )
+        .await
     }
 
     pub async fn delete_kv(&self, key: &str) {

@@ -236,6 +236,67 @@ async fn a_stuck_key_re_resolution_does_not_hold_up_other_signatures() {
     assert_eq!(proxy.calls("TrentService.DescribeKey"), 3);
 }
 
+/// Rotation moves the alias; the signer picks the new key up after its
+/// resolve interval and not before (K2's retention counts on that bound).
+#[tokio::test]
+async fn a_moved_alias_is_picked_up_after_the_resolve_interval_and_not_before() {
+    let (kms, _) = clients().await;
+    let alias = format!("alias/{}", unique("moved"));
+    let first = create_signing_key(&kms, &alias).await;
+    let second = create_signing_key(&kms, &format!("alias/{}", unique("other"))).await;
+    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let kid_of = |key_id: &str| {
+        let kms = kms.clone();
+        let key_id = key_id.to_string();
+        async move {
+            let der = kms
+                .get_public_key()
+                .key_id(key_id)
+                .send()
+                .await
+                .unwrap()
+                .public_key()
+                .unwrap()
+                .as_ref()
+                .to_vec();
+            Jwk::from_spki_der(&der).unwrap().kid().clone()
+        }
+    };
+    let (first_kid, second_kid) = (kid_of(&first).await, kid_of(&second).await);
+
+    let default = KmsSigner::new(kms.clone(), &alias, Arc::new(clock.clone()));
+    let short = KmsSigner::new(kms.clone(), &alias, Arc::new(clock.clone()))
+        .with_resolve_interval(Duration::from_secs(2));
+    assert_eq!(default.resolve().await.unwrap().kid(), &first_kid);
+    assert_eq!(short.resolve().await.unwrap().kid(), &first_kid);
+    kms.update_alias()
+        .alias_name(&alias)
+        .target_key_id(&second)
+        .send()
+        .await
+        .unwrap();
+
+    clock.advance(1);
+    assert_eq!(
+        short.public_key().await.unwrap().kid(),
+        &first_kid,
+        "inside the interval"
+    );
+    clock.advance(1);
+    assert_eq!(
+        short.public_key().await.unwrap().kid(),
+        &second_kid,
+        "after it"
+    );
+    assert_eq!(
+        default.public_key().await.unwrap().kid(),
+        &first_kid,
+        "the default interval is longer"
+    );
+    clock.advance(aws2azure_signer::kms::RESOLVE_TTL_SECS - 2);
+    assert_eq!(default.public_key().await.unwrap().kid(), &second_kid);
+}
+
 fn token(expires_on: u64, value: &str) -> CachedToken {
     CachedToken {
         access_token: AccessToken::new(value.into()),
