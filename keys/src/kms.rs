@@ -578,13 +578,19 @@ impl KeyStore for KmsKeyStore {
     /// disables it. Already disabled, or pending deletion: done.
     async fn disable(&self, key_id: &str) -> Result<(), StoreError> {
         if let Some(jwk) = self.public_key(key_id).await? {
-            self.client
+            let tagged = self
+                .client
                 .tag_resource()
                 .key_id(key_id)
                 .tags(tag(KID_TAG, jwk.kid().as_str())?)
                 .send()
-                .await
-                .map_err(|e| key_error("TagResource", key_id, e))?;
+                .await;
+            match tagged {
+                Ok(_) => {}
+                // Pending deletion: it will never be listed again anyway.
+                Err(e) if code(&e) == Some("KMSInvalidStateException") => {}
+                Err(e) => return Err(key_error("TagResource", key_id, e)),
+            }
         }
         match self.client.disable_key().key_id(key_id).send().await {
             Ok(_) => Ok(()),

@@ -412,6 +412,54 @@ async fn a_disabled_retired_key_is_still_listed_and_its_deletion_scheduled() {
     assert!(store.keys().await.unwrap().iter().all(|k| k.key_id != old));
 }
 
+/// Real KMS refuses to disable or schedule the deletion of a key pending
+/// deletion (moto accepts both; the proxy answers as KMS would): a rerun
+/// that repeats the step is done, anything else is an error.
+#[tokio::test]
+async fn disabling_or_deleting_again_is_done_where_kms_refuses_the_repeat() {
+    let (proxy, _server, kms) = proxied().await;
+    let store = KmsKeyStore::new(kms.clone(), unique_ring("again"), None);
+    let key = store.create_key(T0).await.unwrap();
+    store.disable(&key).await.unwrap();
+    store.schedule_deletion(&key, 7).await.unwrap();
+    let invalid = "KMSInvalidStateException";
+    proxy.fail("TrentService.DisableKey", invalid, 400, 1);
+    store.disable(&key).await.unwrap();
+    proxy.fail("TrentService.ScheduleKeyDeletion", invalid, 400, 1);
+    store.schedule_deletion(&key, 7).await.unwrap();
+    assert_eq!(proxy.calls("TrentService.ScheduleKeyDeletion"), 2);
+    assert_eq!(key_state(&kms, &key).await, KmsKeyState::PendingDeletion);
+
+    // The same refusal for an enabled key is not success.
+    let enabled = store.create_key(T0).await.unwrap();
+    proxy.fail("TrentService.ScheduleKeyDeletion", invalid, 400, 1);
+    let err = store.schedule_deletion(&enabled, 7).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Service {
+                operation: "ScheduleKeyDeletion",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(invalid), "{err}");
+    proxy.fail("TrentService.DisableKey", invalid, 400, 1);
+    let err = store.disable(&enabled).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Service {
+                operation: "DisableKey",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(key_state(&kms, &enabled).await, KmsKeyState::Enabled);
+}
+
 #[tokio::test]
 async fn a_disabled_key_that_would_be_published_is_an_error_naming_the_fix() {
     let (proxy, _server, kms) = proxied().await;

@@ -125,17 +125,55 @@ pub async fn broker_signs_with(
 /// `publish <kids>` lines, to check the order against the store's calls.
 pub struct FakeEdge {
     pub published: Mutex<Vec<Vec<String>>>,
+    written: Mutex<Option<Vec<u8>>>,
     served: Mutex<Option<Vec<u8>>>,
+    /// Serves a document only once `propagate` is called, like KV and the
+    /// edge's caches, which lag behind the API.
+    lagging: bool,
     pub log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl FakeEdge {
+    /// Serves what was published at once.
     pub fn new(log: Option<Arc<Mutex<Vec<String>>>>) -> Arc<Self> {
+        Self::build(log, false)
+    }
+
+    /// Serves what was published once told to.
+    pub fn lagging() -> Arc<Self> {
+        Self::build(None, true)
+    }
+
+    fn build(log: Option<Arc<Mutex<Vec<String>>>>, lagging: bool) -> Arc<Self> {
         Arc::new(Self {
             published: Mutex::default(),
+            written: Mutex::default(),
             served: Mutex::default(),
+            lagging,
             log,
         })
+    }
+
+    /// The last published document reaches the public key set.
+    pub fn propagate(&self) {
+        *self.served.lock().unwrap() = self.written.lock().unwrap().clone();
+    }
+
+    /// The kids the public key set lists now.
+    pub fn served(&self) -> Vec<String> {
+        self.served
+            .lock()
+            .unwrap()
+            .as_deref()
+            .map(|b| {
+                JwkSet::from_json(b)
+                    .unwrap()
+                    .keys()
+                    .iter()
+                    .map(|k| k.kid().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn last_published(&self) -> Vec<String> {
@@ -158,7 +196,10 @@ impl Publisher for FakeEdge {
                 .push(format!("publish {}", kids.join(",")));
         }
         self.published.lock().unwrap().push(kids);
-        *self.served.lock().unwrap() = Some(document.bytes().to_vec());
+        *self.written.lock().unwrap() = Some(document.bytes().to_vec());
+        if !self.lagging {
+            self.propagate();
+        }
         Ok(())
     }
 
