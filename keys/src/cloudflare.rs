@@ -69,7 +69,8 @@ pub enum PublishError {
     #[error(
         "the Cloudflare API refused the token (401: {message}); the token is wrong, expired or \
          revoked: create a new API token with \"Workers KV Storage: Edit\" and store it where \
-         the key manager reads it"
+         the key manager reads it (AWS2AZURE_CLOUDFLARE_API_TOKEN_FILE, \
+         AWS2AZURE_CLOUDFLARE_API_TOKEN or its Secrets Manager secret)"
     )]
     Unauthorized { message: String },
     #[error(
@@ -253,12 +254,13 @@ impl CloudflareKv {
                 .client
                 .put(&self.url)
                 .header(CONTENT_TYPE, "application/octet-stream")
+                .header(ACCEPT, "application/json")
                 .body(body.unwrap_or_default().to_vec()),
+            // A successful read answers the raw value, not JSON.
             Operation::Read => self.client.get(&self.url),
         };
         let response = request
             .header(AUTHORIZATION, self.authorization.clone())
-            .header(ACCEPT, "application/json")
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
