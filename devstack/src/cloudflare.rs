@@ -201,14 +201,15 @@ impl CloudflareStandIn {
     }
 
     /// The checks every request passes, in Cloudflare's order: fault,
-    /// token, account, namespace, key.
-    fn admit(
+    /// token, account, namespace, key. `Some`: the answer to a request
+    /// refused.
+    fn refusal(
         &self,
         headers: &HeaderMap,
         account: &str,
         namespace: &str,
         key: &str,
-    ) -> Result<(), Response> {
+    ) -> Option<Response> {
         if let Some(Fault::Status {
             status,
             retry_after,
@@ -218,7 +219,7 @@ impl CloudflareStandIn {
                 s.faults += 1;
                 s.requests_refused += 1;
             });
-            return Err(fault_response(status, retry_after));
+            return Some(fault_response(status, retry_after));
         }
         let refuse = |status: StatusCode, code: u32, message: &str| {
             self.count(|s| s.requests_refused += 1);
@@ -230,20 +231,20 @@ impl CloudflareStandIn {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if token != Some(config.api_token.as_str()) {
-            return Err(refuse(
+            return Some(refuse(
                 StatusCode::UNAUTHORIZED,
                 10000,
                 "Authentication error",
             ));
         }
         if account != config.account_id {
-            return Err(refuse(StatusCode::FORBIDDEN, 10000, "Authentication error"));
+            return Some(refuse(StatusCode::FORBIDDEN, 10000, "Authentication error"));
         }
         if namespace != config.namespace_id {
-            return Err(refuse(StatusCode::NOT_FOUND, 10013, "namespace not found"));
+            return Some(refuse(StatusCode::NOT_FOUND, 10013, "namespace not found"));
         }
         if key.len() > MAX_KEY_BYTES {
-            return Err(refuse(
+            return Some(refuse(
                 StatusCode::URI_TOO_LONG,
                 10019,
                 &format!(
@@ -253,13 +254,13 @@ impl CloudflareStandIn {
             ));
         }
         if key == "." || key == ".." {
-            return Err(refuse(
+            return Some(refuse(
                 StatusCode::BAD_REQUEST,
                 10019,
                 "Illegal key name: `.` and `..` are not allowed.",
             ));
         }
-        Ok(())
+        None
     }
 }
 
@@ -308,7 +309,7 @@ async fn write(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = stand_in.admit(&headers, &account, &namespace, &key) {
+    if let Some(refused) = stand_in.refusal(&headers, &account, &namespace, &key) {
         return refused;
     }
     // The real API parses a multipart body (value and metadata); the key
@@ -340,7 +341,7 @@ async fn read(
     Path((account, namespace, key)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = stand_in.admit(&headers, &account, &namespace, &key) {
+    if let Some(refused) = stand_in.refusal(&headers, &account, &namespace, &key) {
         return refused;
     }
     match stand_in.state.backend.get(&key).await {
