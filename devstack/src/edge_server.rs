@@ -2,9 +2,11 @@
 //! a local HTTP server: the issuer's discovery document and key set for
 //! `aws2azure dev` and for tests that do not need workerd.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use async_trait::async_trait;
 use aws2azure_edge::{Allowlist, EdgeConfig, EdgeRequest, KeyDocument, handle};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
@@ -13,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 
+use crate::cloudflare::KvBackend;
 use crate::{Error, Server};
 
 /// A running local edge; the key set it serves can be replaced.
@@ -81,8 +84,74 @@ impl EdgeServer {
             keys.cloned().map(KeyDocument::from_key_set);
     }
 
+    /// Publishes a key document as written to KV: its bytes are validated
+    /// by the edge's own [`KeyDocument::parse`] (refused: the edge keeps
+    /// serving what it had, as the deployed edge keeps its last good copy).
+    pub fn set_key_document(&self, bytes: &[u8]) -> Result<(), Error> {
+        set_document(&self.keys, bytes)
+    }
+
+    /// A Workers KV for the Cloudflare API stand-in in which writing `key`
+    /// (the edge's `KEY_DOCUMENT_KV_KEY`) replaces the document this edge
+    /// serves, so `aws2azure dev` publishes the way production does.
+    pub fn kv_backend(&self, key: &str) -> EdgeKv {
+        EdgeKv {
+            keys: self.keys.clone(),
+            document_key: key.to_string(),
+            values: Mutex::default(),
+        }
+    }
+
     pub async fn stop(self) {
         self.server.stop().await;
+    }
+}
+
+fn set_document(keys: &RwLock<Option<KeyDocument>>, bytes: &[u8]) -> Result<(), Error> {
+    let document = KeyDocument::parse(bytes).map_err(|e| Error::Edge(e.to_string()))?;
+    *keys.write().unwrap_or_else(|p| p.into_inner()) = Some(document);
+    Ok(())
+}
+
+/// See [`EdgeServer::kv_backend`]. Like Workers KV, it stores any value;
+/// like the edge, it serves only a document that passes validation and
+/// otherwise keeps the one it had.
+pub struct EdgeKv {
+    keys: Arc<RwLock<Option<KeyDocument>>>,
+    document_key: String,
+    values: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+#[async_trait]
+impl KvBackend for EdgeKv {
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
+        if key == self.document_key
+            && let Err(e) = set_document(&self.keys, &value)
+        {
+            tracing::warn!(error = %e, "the edge keeps its key document: the one written is refused");
+        }
+        self.values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), value);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(value) = self
+            .values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(Some(value.clone()));
+        }
+        // Before any write, the document the edge was started with.
+        if key == self.document_key {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            return Ok(keys.as_ref().map(|d| d.body().to_vec()));
+        }
+        Ok(None)
     }
 }
 

@@ -33,6 +33,8 @@ use serde_json::{Value, json};
 use crate::{Error, Server};
 
 mod faults;
+#[cfg(test)]
+mod tests;
 
 pub use faults::{Fault, MAX_FAULT_WINDOW};
 use faults::{Faults, add_faults};
@@ -63,6 +65,13 @@ pub struct EntraConfig {
     pub refresh_in_secs: Option<u64>,
     /// How long fetched discovery documents and key sets are reused.
     pub key_cache_ttl: Duration,
+    /// Whether an assertion whose `kid` is not in the cached key set makes
+    /// the stand-in fetch the key set again at once (true, the default:
+    /// what well-behaved relying parties do when keys rotate). With false
+    /// it acts like the worst relying party: inside `key_cache_ttl` it
+    /// never refetches and refuses the assertion (AADSTS700027), which is
+    /// what the rotation's warm-up period exists for.
+    pub refetch_unknown_kid: bool,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
 }
@@ -74,6 +83,7 @@ impl EntraConfig {
             token_lifetime_secs: 3599,
             refresh_in_secs: None,
             key_cache_ttl: Duration::from_secs(300),
+            refetch_unknown_kid: true,
             leeway_secs: 60,
         }
     }
@@ -504,12 +514,13 @@ impl EntraStandIn {
     }
 
     /// The issuer's key set, from the cache or fetched through discovery.
-    /// An unknown `kid` triggers one refetch: keys rotate.
+    /// An unknown `kid` triggers one refetch (keys rotate), unless
+    /// [`EntraConfig::refetch_unknown_kid`] is off.
     async fn key_set(&self, iss: &str, kid: &str) -> Result<JwkSet, Refusal> {
         let mut cache = self.state.metadata.lock().await;
         if let Some(entry) = cache.get(iss)
             && entry.fetched.elapsed() < self.state.config.key_cache_ttl
-            && entry.jwks.find(kid).is_some()
+            && (entry.jwks.find(kid).is_some() || !self.state.config.refetch_unknown_kid)
         {
             return Ok(entry.jwks.clone());
         }

@@ -3,9 +3,11 @@
 //! Entra-compatible token endpoint ([`entra`]), a SigV4-verifying API
 //! Gateway ([`gateway`], its verifier in [`sigv4`]), a Lambda Runtime API
 //! ([`lambda_runtime_api`]), moto server for KMS and DynamoDB ([`moto`]),
-//! and a proxy that injects AWS faults in front of it ([`fault_proxy`]).
+//! a proxy that injects AWS faults in front of it ([`fault_proxy`]), and the
+//! Cloudflare API's Workers KV calls ([`cloudflare`]).
 //! Never used by the Lambda or the Worker.
 
+pub mod cloudflare;
 pub mod edge_server;
 pub mod entra;
 pub mod fault_proxy;
@@ -29,6 +31,8 @@ pub enum Error {
     Moto(String),
     #[error("edge: {0}")]
     Edge(String),
+    #[error("KV: {0}")]
+    Kv(String),
 }
 
 /// An HTTP server on a real socket, stopped when dropped.

@@ -38,4 +38,13 @@ pub enum Error {
         setting: &'static str,
         message: String,
     },
+
+    /// The Cloudflare API token could not be read from AWS Secrets Manager.
+    #[error("the Cloudflare API token secret `{secret_id}` in AWS Secrets Manager: {message}")]
+    Secret {
+        secret_id: String,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
