@@ -102,8 +102,10 @@ pub const RING_TAG: &str = "aws2azure:ring";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
-    /// Created but under no alias (a crash between creating and staging it):
-    /// staged by the next `stage`, never published or used before that.
+    /// Created but under no alias (a crash, or a failed publication, between
+    /// creating and staging it): adopted by the next `stage`, never used
+    /// before that. It may already be listed publicly (published, then not
+    /// pointed at), which `rotate` corrects like any other difference.
     Unstaged,
     Next,
     Current,

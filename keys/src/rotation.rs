@@ -15,7 +15,7 @@ use crate::plan::{self, KeyStatus, Observation, Repair};
 use crate::public::PublicKeySet;
 use crate::publish::Publisher;
 use crate::ring::{KeyRing, Slot, Stamp, Usability};
-use crate::store::KeyStore;
+use crate::store::{KeyStore, StoreError};
 use crate::{Error, Timings};
 
 /// One thing an operation did, in order.
@@ -227,9 +227,7 @@ impl Rotator {
                 next.kid()
             )));
         }
-        self.stage_unchecked(&ring, report).await?;
-        let ring = self.ring().await?;
-        self.publish_ring(&ring, report).await
+        self.stage_unchecked(&ring, report).await
     }
 
     async fn stage_unchecked(&self, ring: &KeyRing, report: &mut Report) -> Result<(), Error> {
@@ -241,12 +239,21 @@ impl Rotator {
             Some(id) => id,
             None => self.store.create_key(self.clock.now_unix()).await?,
         };
+        // Publication before the alias moves, here too: the document lists
+        // the key before `next` points at it, so a failed publication
+        // leaves it unstaged (the rerun adopts it) and no alias moved.
+        let mut keys = self.ring().await?.keys().to_vec();
+        let Some(key) = keys.iter_mut().find(|k| k.key_id == key_id) else {
+            return Err(StoreError::UnknownKey {
+                key_id,
+                reason: "created, but the store does not list it".into(),
+            }
+            .into());
+        };
+        key.slots.insert(Slot::Next);
+        let kid = key.kid().to_string();
+        self.publish_ring(&KeyRing::new(keys), report).await?;
         self.store.point(Slot::Next, &key_id).await?;
-        let ring = self.ring().await?;
-        let kid = ring
-            .get(&key_id)
-            .map(|k| k.kid().to_string())
-            .unwrap_or_default();
         report.did(Action::Staged {
             key_id,
             kid,
