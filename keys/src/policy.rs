@@ -226,6 +226,26 @@ pub fn validate_policy_inputs(
     Ok(())
 }
 
+/// The key policy for keys whose signer is the broker's role and whose
+/// manager is the rotation's role, as the JSON `CreateKey` takes; the
+/// partition and account are the broker role's.
+pub fn for_roles(broker_role_arn: &str, rotation_role_arn: &str) -> Result<String, PolicyError> {
+    let broker = RoleArn::parse(Role::Broker, broker_role_arn)?;
+    validate_policy_inputs(
+        broker.partition,
+        broker.account_id,
+        broker_role_arn,
+        rotation_role_arn,
+    )?;
+    Ok(signing_key_policy(
+        broker.partition,
+        broker.account_id,
+        broker_role_arn,
+        rotation_role_arn,
+    )
+    .to_string())
+}
+
 /// The key policy of a signing key of the ring (pass inputs checked by
 /// [`validate_policy_inputs`]).
 ///

@@ -398,6 +398,7 @@ impl Publisher for RecordingPublisher {
         let died = || PublishError::Server {
             status: 599,
             message: "the process died here".into(),
+            attempts: 1,
         };
         if let Gate::CrashBefore = gate {
             return Err(died());
