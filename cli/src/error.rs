@@ -31,6 +31,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Keys(#[from] aws2azure_keys::Error),
     #[error("AWS credentials: {0}")]
     Credentials(String),
     #[error("signing the request: {0}")]
@@ -67,6 +69,9 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Read { .. } | Self::Input { .. } | Self::Usage(_) | Self::Credentials(_) => {
+                ExitCode::Usage
+            }
+            Self::Keys(aws2azure_keys::Error::Config { .. } | aws2azure_keys::Error::Policy(_)) => {
                 ExitCode::Usage
             }
             _ => ExitCode::Failed,

@@ -26,9 +26,9 @@ enum Command {
     Doctor(DoctorArgs),
     Allowlist(AllowlistArgs),
     Azure(AzureArgs),
-    /// Key set documents for the edge.
+    /// The signing keys' lifecycle and the key document the edge serves.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(keys::KeysCommand),
 }
 
 /// Run the whole federation loop on loopback and fetch a token through it.
@@ -66,6 +66,11 @@ struct DevArgs {
     /// Stop after fetching the demonstration token.
     #[arg(long)]
     once: bool,
+    /// Rotate the signing key every SECONDS (at least 126) with the real
+    /// rotation state machine, publishing to the local edge, while a
+    /// workload keeps requesting fresh tokens; each step is narrated.
+    #[arg(long, value_name = "SECONDS")]
+    rotate_every: Option<u64>,
 }
 
 /// Get an Entra access token for PROFILE from the token API.
@@ -178,24 +183,6 @@ struct AzureArgs {
     format: AzureFormat,
 }
 
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Print the key set document for the edge, from KMS keys and/or PEM files.
-    #[command(
-        after_help = "Examples:\n  aws2azure keys export --kms-key alias/aws2azure-current > jwks.json\n  npx wrangler kv key put --binding EDGE_KV jwks \"$(cat jwks.json)\""
-    )]
-    Export {
-        /// A KMS key id, ARN or alias (repeatable; the current key first).
-        #[arg(long = "kms-key")]
-        kms_keys: Vec<String>,
-        /// A PEM public or private RSA key (repeatable).
-        #[arg(long = "pem")]
-        pem_files: Vec<PathBuf>,
-        #[arg(long)]
-        region: Option<String>,
-    },
-}
-
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +216,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 profiles,
                 token_lifetime_secs: args.token_lifetime,
                 once: args.once,
+                rotate_every: args.rotate_every,
             })
             .await?;
             Ok(ExitCode::Ok)
@@ -348,14 +336,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::Ok)
         }
-        Command::Keys(KeysCommand::Export {
-            kms_keys,
-            pem_files,
-            region,
-        }) => {
-            let set = keys::export(&kms_keys, &pem_files, region.as_deref()).await?;
-            println!("{}", set.to_json());
-            Ok(ExitCode::Ok)
-        }
+        Command::Keys(command) => keys::run(command).await,
     }
 }

@@ -66,6 +66,9 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// the fix and never contains the API token.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// Nothing to publish to: the message names the settings to give.
+    #[error("{0}")]
+    NotConfigured(String),
     #[error(
         "the Cloudflare API refused the token (401: {message}); the token is wrong, expired or \
          revoked: create a new API token with \"Workers KV Storage: Edit\" and store it where \

@@ -1,4 +1,5 @@
 use crate::cloudflare::PublishError;
+use crate::policy::PolicyError;
 use crate::public::PublicError;
 use crate::store::StoreError;
 
@@ -15,6 +16,9 @@ pub enum Error {
          serving the document it had"
     )]
     Publish(#[from] PublishError),
+
+    #[error("the signing keys' key policy cannot be written: {0}")]
+    Policy(#[from] PolicyError),
 
     #[error("reading the public key set failed: {0}")]
     Public(#[from] PublicError),

@@ -24,12 +24,14 @@ pub mod document;
 pub mod error;
 pub mod kms;
 pub mod memory;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod public;
 pub mod publish;
 pub mod ring;
 pub mod rotation;
+pub mod settings;
 pub mod store;
 pub mod timings;
 

@@ -22,6 +22,8 @@ pub trait PublicKeySet: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublicError {
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("{url} is unreachable ({reason}); check the issuer URL and that the edge is deployed")]
     Unreachable { url: String, reason: String },
     #[error("{url} answered {status}; the edge is not serving it (see `aws2azure doctor`)")]

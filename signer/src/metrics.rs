@@ -12,6 +12,9 @@ pub const NAMESPACE: &str = "aws2azure";
 /// The `Profile` dimension of requests for no configured profile. Profile
 /// names cannot contain parentheses, so it never collides with one.
 pub const UNKNOWN_PROFILE: &str = "(unknown)";
+/// The dimensionless count of requests Entra refused (template.yaml alarms
+/// on it).
+pub const ENTRA_REFUSED: &str = "EntraRefused";
 
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -26,6 +29,11 @@ pub fn now_millis() -> u64 {
 /// configured profile's name or [`UNKNOWN_PROFILE`]: each dimension value
 /// is a separate (billed) metric, and the requested name is whatever the
 /// caller sent.
+///
+/// Plus `EntraRefused` (1 when Entra answered with an AADSTS code, else 0)
+/// without any dimension, in a directive of its own so that the metrics
+/// above do not gain a dimensionless copy each: one alarm covers every
+/// profile and code, including profiles added after the alarm.
 pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
     let hit = audit
         .cache
@@ -56,6 +64,10 @@ pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
                 "Namespace": NAMESPACE,
                 "Dimensions": dimensions,
                 "Metrics": metrics,
+            }, {
+                "Namespace": NAMESPACE,
+                "Dimensions": [[]],
+                "Metrics": [{"Name": ENTRA_REFUSED, "Unit": "Count"}],
             }]
         },
         "Profile": if audit.profile_configured { audit.profile.as_str() } else { UNKNOWN_PROFILE },
@@ -63,6 +75,7 @@ pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
         "CacheMiss": u8::from(miss),
         "Error": u8::from(error_code.is_some()),
         "Status": audit.status,
+        ENTRA_REFUSED: u8::from(audit.aadsts.is_some()),
     });
     if audit.entra_calls > 0 {
         doc["EntraLatency"] = json!(audit.entra_ms);
@@ -118,12 +131,84 @@ mod tests {
             v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1],
             json!(["Profile", "ErrorCode"])
         );
-        // Every metric named in the directive has a value in the document.
-        for m in v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
-            .as_array()
-            .unwrap()
-        {
-            assert!(v.get(m["Name"].as_str().unwrap()).is_some(), "{m}");
+        // Every metric named in a directive has a value in the document.
+        for directive in v["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            for m in directive["Metrics"].as_array().unwrap() {
+                assert!(v.get(m["Name"].as_str().unwrap()).is_some(), "{m}");
+            }
+        }
+    }
+
+    /// Each request counts in `EntraRefused`, without dimensions: 1 when
+    /// Entra answered with an AADSTS code, 0 otherwise (a cache hit, or an
+    /// error of the API itself). The per-profile directive stays as it was.
+    #[test]
+    fn entra_refusals_are_counted_without_dimensions() {
+        let refused = AuditRecord {
+            profile: "graph".into(),
+            profile_configured: true,
+            status: 502,
+            error: Some("entra_refused"),
+            aadsts: Some(700213),
+            entra_calls: 1,
+            entra_ms: 87,
+            ..AuditRecord::default()
+        };
+        let hit = AuditRecord {
+            profile: "graph".into(),
+            profile_configured: true,
+            status: 200,
+            cache: Some("hit"),
+            ..AuditRecord::default()
+        };
+        let unavailable = AuditRecord {
+            profile: "graph".into(),
+            profile_configured: true,
+            status: 503,
+            error: Some("entra_unavailable"),
+            entra_calls: 3,
+            entra_ms: 900,
+            ..AuditRecord::default()
+        };
+        let unknown = AuditRecord {
+            profile: "nope".into(),
+            status: 404,
+            error: Some("unknown_profile"),
+            ..AuditRecord::default()
+        };
+        for (audit, expected) in [(&refused, 1), (&hit, 0), (&unavailable, 0), (&unknown, 0)] {
+            let v: serde_json::Value = serde_json::from_str(&emf_line(audit, 5)).unwrap();
+            let directives = v["_aws"]["CloudWatchMetrics"].as_array().unwrap();
+            assert_eq!(directives.len(), 2, "{v}");
+            assert_eq!(
+                directives[1],
+                json!({
+                    "Namespace": "aws2azure",
+                    "Dimensions": [[]],
+                    "Metrics": [{"Name": "EntraRefused", "Unit": "Count"}],
+                })
+            );
+            assert_eq!(v["EntraRefused"], expected, "{v}");
+            // The per-profile metrics neither gain nor lose a member.
+            let names: Vec<&str> = directives[0]["Metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["Name"].as_str().unwrap())
+                .collect();
+            let mut before = vec!["CacheHit", "CacheMiss", "Error"];
+            if audit.entra_calls > 0 {
+                before.extend(["EntraLatency", "EntraCalls"]);
+            }
+            assert_eq!(names, before);
+            assert!(
+                directives[0]["Dimensions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d[0] == "Profile"),
+                "{v}"
+            );
         }
     }
 

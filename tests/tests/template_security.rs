@@ -2,25 +2,49 @@
 //! cfn-lint's decoder parses it (`cfn_decode.py`, run with the workspace's
 //! virtualenv):
 //!
-//! - no key policy lets anyone but the broker's role sign (or grant), and
-//!   the signing key denies signing to every other principal, so a broad
-//!   `kms:Sign` in some IAM policy cannot mint assertions;
+//! - no key policy lets anyone but the broker's role sign (or grant): the
+//!   template's keys, and the policy the rotation gives every signing key it
+//!   creates (`aws2azure_keys::policy::signing_key_policy`), which denies
+//!   signing to every other principal, so a broad `kms:Sign` in some IAM
+//!   policy cannot mint assertions; the template manages no signing key or
+//!   alias (the rotation does), and passes the rotation the broker's role;
 //! - every API Gateway method (REST, including SAM events and OpenAPI
 //!   bodies) requires `AWS_IAM`, and there is no other way in (HTTP API,
 //!   function URL without IAM);
 //! - the broker's role can be assumed by Lambda only and its policies name
 //!   the stack's resources: no `*` resource, no `service:*` action, no
-//!   managed policy whose content the template cannot show.
+//!   managed policy whose content the template cannot show, and no action
+//!   beyond the ones it had before the rotation came (its signing rights
+//!   come from each key's policy);
+//! - the rotation's role never signs, grants, rewrites a key policy or
+//!   passes a role, touches only keys of its ring, disables and deletes only
+//!   keys stamped retired, names only the stack's aliases and reads only the
+//!   Cloudflare token's secret; one rotation runs at a time; every alarm
+//!   notifies the alarm topic through its condition
+//!   (`template_security/rotation.rs`).
+//!
+//! The API checks are in `template_security/api.rs`.
 //!
 //! The checks fail closed: what they cannot verify (an external OpenAPI
 //! file, a `Not*` element) is a violation. Each is shown to fail on a
 //! template edited to break it.
 
+#[path = "template_security/api.rs"]
+mod api;
+#[path = "template_security/rotation.rs"]
+mod rotation;
+
 use std::sync::OnceLock;
 
+use aws2azure_keys::policy::signing_key_policy;
 use serde_json::{Value, json};
 
 const DECODE: &str = include_str!("cfn_decode.py");
+
+/// The broker's and the rotation's role ARNs the generated key policy is
+/// checked with.
+const BROKER_ARN: &str = "arn:aws:iam::111122223333:role/stack-BrokerRole-ABC";
+const ROTATION_ARN: &str = "arn:aws:iam::111122223333:role/stack-RotationRole-DEF";
 
 /// What produces a signature, on any key.
 const SIGNING_ACTIONS: [&str; 2] = ["kms:Sign", "kms:GenerateMac"];
@@ -96,18 +120,37 @@ fn statements(document: &Value) -> Vec<&Value> {
     items(&document["Statement"])
 }
 
-/// The role of the stack's one function, which must be a role of the stack.
-fn broker_role(template: &Value, found: &mut Vec<String>) -> Option<String> {
-    let functions: Vec<_> = resources(template, "AWS::Serverless::Function")
-        .chain(resources(template, "AWS::Lambda::Function"))
-        .collect();
-    let [(name, function)] = functions[..] else {
-        found.push(format!(
-            "expected one function (the broker), found {}",
-            functions.len()
-        ));
-        return None;
-    };
+/// The broker's role as a key policy names it: `!GetAtt ROLE.Arn` in the
+/// template, its ARN in the policy the rotation generates.
+#[derive(Clone, Copy)]
+enum Broker<'a> {
+    Role(&'a str),
+    Arn(&'a str),
+}
+
+impl Broker<'_> {
+    fn is(self, value: &Value) -> bool {
+        match self {
+            Broker::Role(role) => is_arn_of(value, role),
+            Broker::Arn(arn) => value == arn,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Broker::Role(role) => role.to_string(),
+            Broker::Arn(arn) => arn.to_string(),
+        }
+    }
+}
+
+/// The role of a function: `!GetAtt ROLE.Arn` of a role of the stack.
+fn role_of(
+    template: &Value,
+    name: &str,
+    function: &Value,
+    found: &mut Vec<String>,
+) -> Option<String> {
     let role = match &function["Role"]["Fn::GetAtt"] {
         Value::Array(parts) if parts.get(1) == Some(&json!("Arn")) => {
             parts[0].as_str().map(str::to_string)
@@ -126,6 +169,41 @@ fn broker_role(template: &Value, found: &mut Vec<String>) -> Option<String> {
     }
 }
 
+/// The stack's two functions, the broker and the rotation, and their
+/// roles, which must be two different roles of the stack: `(broker,
+/// rotation)`.
+fn function_roles(template: &Value, found: &mut Vec<String>) -> Option<(String, String)> {
+    let functions: Vec<_> = resources(template, "AWS::Serverless::Function")
+        .chain(resources(template, "AWS::Lambda::Function"))
+        .collect();
+    for (name, _) in &functions {
+        if !["BrokerFunction", "RotationFunction"].contains(name) {
+            found.push(format!(
+                "{name}: a function other than BrokerFunction and RotationFunction"
+            ));
+        }
+    }
+    let role = |wanted: &str, found: &mut Vec<String>| {
+        let Some((name, function)) = functions.iter().find(|(n, _)| *n == wanted) else {
+            found.push(format!("no {wanted}"));
+            return None;
+        };
+        role_of(template, name, function, found)
+    };
+    let broker = role("BrokerFunction", found);
+    let rotation = role("RotationFunction", found);
+    match (broker, rotation) {
+        (Some(broker), Some(rotation)) if broker == rotation => {
+            found.push(format!(
+                "BrokerFunction and RotationFunction share {broker}: the rotation could sign"
+            ));
+            None
+        }
+        (Some(broker), Some(rotation)) => Some((broker, rotation)),
+        _ => None,
+    }
+}
+
 fn key_policies(template: &Value, role: &str, found: &mut Vec<String>) {
     let keys =
         resources(template, "AWS::KMS::Key").chain(resources(template, "AWS::KMS::ReplicaKey"));
@@ -141,57 +219,90 @@ fn key_policies(template: &Value, role: &str, found: &mut Vec<String>) {
             props["KeyUsage"].as_str(),
             Some("SIGN_VERIFY" | "GENERATE_VERIFY_MAC")
         );
-        let guarded: &[&str] = if signs {
-            &SIGNING_KEY_ACTIONS
-        } else {
-            &SIGNING_ACTIONS
-        };
-        for statement in statements(policy) {
-            let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
-            let allow = statement["Effect"] == "Allow";
-            if allow && (!statement["NotAction"].is_null() || !statement["NotPrincipal"].is_null())
-            {
-                found.push(format!("{key}/{sid}: Allow with NotAction/NotPrincipal"));
-            }
-            let only_broker = statement["Principal"]
-                .get("AWS")
-                .is_some_and(|p| items(p).len() == 1 && is_arn_of(items(p)[0], role))
-                && statement["Principal"]
-                    .as_object()
-                    .is_some_and(|o| o.len() == 1);
-            if allow && grants_any(statement, guarded) && !only_broker {
-                found.push(format!(
-                    "{key}/{sid}: grants signing or grants ({:?}) to {}",
-                    actions(statement),
-                    statement["Principal"]
-                ));
-            }
-        }
         if signs {
-            let all = statements(policy);
-            if !all
-                .iter()
-                .any(|s| denies_all_but(s, "kms:Sign", Some(role)))
-            {
-                found.push(format!(
-                    "{key}: no Deny of kms:Sign to every principal but {role} \
-                     (Principal \"*\", Resource \"*\", one condition ArnNotEquals aws:PrincipalArn)"
-                ));
-            }
-            if !all
-                .iter()
-                .any(|s| denies_all_but(s, "kms:CreateGrant", None))
-            {
-                found.push(format!("{key}: no unconditional Deny of kms:CreateGrant"));
-            }
+            found.push(format!(
+                "{key}: a signing key managed by CloudFormation (RotationFunction creates them; \
+                 the stack would move its alias back and delete the key with the stack)"
+            ));
+        }
+        key_policy(key, policy, signs, Broker::Role(role), found);
+    }
+    for (alias, _) in resources(template, "AWS::KMS::Alias") {
+        found.push(format!(
+            "{alias}: an alias managed by CloudFormation (RotationFunction moves the aliases)"
+        ));
+    }
+}
+
+/// The rules of one key policy; a signing key's also needs the two Denies.
+fn key_policy(key: &str, policy: &Value, signs: bool, broker: Broker<'_>, found: &mut Vec<String>) {
+    let guarded: &[&str] = if signs {
+        &SIGNING_KEY_ACTIONS
+    } else {
+        &SIGNING_ACTIONS
+    };
+    for statement in statements(policy) {
+        let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
+        let allow = statement["Effect"] == "Allow";
+        if allow && (!statement["NotAction"].is_null() || !statement["NotPrincipal"].is_null()) {
+            found.push(format!("{key}/{sid}: Allow with NotAction/NotPrincipal"));
+        }
+        let only_broker = statement["Principal"]
+            .get("AWS")
+            .is_some_and(|p| items(p).len() == 1 && broker.is(items(p)[0]))
+            && statement["Principal"]
+                .as_object()
+                .is_some_and(|o| o.len() == 1);
+        if allow && grants_any(statement, guarded) && !only_broker {
+            found.push(format!(
+                "{key}/{sid}: grants signing or grants ({:?}) to {}",
+                actions(statement),
+                statement["Principal"]
+            ));
         }
     }
+    if signs {
+        let all = statements(policy);
+        if !all
+            .iter()
+            .any(|s| denies_all_but(s, "kms:Sign", Some(broker)))
+        {
+            found.push(format!(
+                "{key}: no Deny of kms:Sign to every principal but {} \
+                 (Principal \"*\", Resource \"*\", one condition ArnNotEquals aws:PrincipalArn)",
+                broker.name()
+            ));
+        }
+        if !all
+            .iter()
+            .any(|s| denies_all_but(s, "kms:CreateGrant", None))
+        {
+            found.push(format!("{key}: no unconditional Deny of kms:CreateGrant"));
+        }
+    }
+}
+
+/// What is wrong with the key policy the rotation gives a signing key.
+fn generated_policy_violations(policy: &Value) -> Vec<String> {
+    let mut found = vec![];
+    key_policy(
+        "signing_key_policy",
+        policy,
+        true,
+        Broker::Arn(BROKER_ARN),
+        &mut found,
+    );
+    found
+}
+
+fn generated_policy() -> Value {
+    signing_key_policy("aws", "111122223333", BROKER_ARN, ROTATION_ARN)
 }
 
 /// A Deny of `action` to every principal, with no condition (`except`
 /// None) or exactly the one condition that exempts `except`'s role: any
 /// further condition would narrow the Deny.
-fn denies_all_but(statement: &Value, action: &str, except: Option<&str>) -> bool {
+fn denies_all_but(statement: &Value, action: &str, except: Option<Broker<'_>>) -> bool {
     let everyone = statement["Principal"] == "*" || statement["Principal"] == json!({"AWS": "*"});
     let shape = statement["Effect"] == "Deny"
         && everyone
@@ -202,7 +313,7 @@ fn denies_all_but(statement: &Value, action: &str, except: Option<&str>) -> bool
     let condition = &statement["Condition"];
     let exempt = match except {
         None => condition.is_null(),
-        Some(role) => condition.as_object().is_some_and(|operators| {
+        Some(broker) => condition.as_object().is_some_and(|operators| {
             operators.len() == 1
                 && operators.iter().all(|(operator, keys)| {
                     ["ArnNotEquals", "StringNotEquals"].contains(&operator.as_str())
@@ -211,7 +322,7 @@ fn denies_all_but(statement: &Value, action: &str, except: Option<&str>) -> bool
                                 && keys.iter().all(|(k, v)| {
                                     k.eq_ignore_ascii_case("aws:PrincipalArn")
                                         && items(v).len() == 1
-                                        && is_arn_of(items(v)[0], role)
+                                        && broker.is(items(v)[0])
                                 })
                         })
                 })
@@ -220,125 +331,21 @@ fn denies_all_but(statement: &Value, action: &str, except: Option<&str>) -> bool
     shape && exempt
 }
 
-fn apis(template: &Value, found: &mut Vec<String>) {
-    for kind in [
-        "AWS::Serverless::HttpApi",
-        "AWS::ApiGatewayV2::Api",
-        "AWS::ApiGatewayV2::Route",
-    ] {
-        for (name, _) in resources(template, kind) {
-            found.push(format!("{name}: {kind} is not the IAM-authorized REST API"));
-        }
-    }
-    for (name, url) in resources(template, "AWS::Lambda::Url") {
-        if url["AuthType"] != "AWS_IAM" {
-            found.push(format!("{name}: function URL without AWS_IAM"));
-        }
-    }
-    for (name, api) in resources(template, "AWS::Serverless::Api") {
-        if api["Auth"]["DefaultAuthorizer"] != "AWS_IAM" {
-            found.push(format!("{name}: Auth.DefaultAuthorizer is not AWS_IAM"));
-        }
-        if !api["Cors"].is_null() && api["Auth"]["AddDefaultAuthorizerToCorsPreflight"] == false {
-            found.push(format!("{name}: CORS preflight methods without AWS_IAM"));
-        }
-        if !api["DefinitionUri"].is_null() {
-            found.push(format!("{name}: DefinitionUri cannot be checked here"));
-        }
-        openapi_operations(name, &api["DefinitionBody"], found);
-    }
-    for (name, api) in resources(template, "AWS::ApiGateway::RestApi") {
-        if !api["BodyS3Location"].is_null() {
-            found.push(format!("{name}: BodyS3Location cannot be checked here"));
-        }
-        openapi_operations(name, &api["Body"], found);
-    }
-    for (name, method) in resources(template, "AWS::ApiGateway::Method") {
-        if method["AuthorizationType"] != "AWS_IAM" {
-            found.push(format!("{name}: AuthorizationType is not AWS_IAM"));
-        }
-    }
-    let functions = resources(template, "AWS::Serverless::Function")
-        .chain(resources(template, "AWS::Lambda::Function"));
-    for (name, function) in functions {
-        let url_auth = &function["FunctionUrlConfig"]["AuthType"];
-        if !url_auth.is_null() && url_auth != "AWS_IAM" {
-            found.push(format!("{name}: function URL without AWS_IAM"));
-        }
-        for (event, spec) in function["Events"].as_object().into_iter().flatten() {
-            let props = &spec["Properties"];
-            match spec["Type"].as_str() {
-                Some("Api") => {
-                    let api = props["RestApiId"]["Ref"].as_str().unwrap_or_default();
-                    if template["Resources"][api]["Type"] != "AWS::Serverless::Api" {
-                        found.push(format!(
-                            "{name}/{event}: no RestApiId of the stack's API (SAM would create an API without auth)"
-                        ));
-                    }
-                    let authorizer = &props["Auth"]["Authorizer"];
-                    if !authorizer.is_null() && authorizer != "AWS_IAM" {
-                        found.push(format!("{name}/{event}: Auth.Authorizer {authorizer}"));
-                    }
-                }
-                Some("HttpApi") => found.push(format!("{name}/{event}: an HTTP API event")),
-                _ => {}
-            }
-        }
-    }
-}
+/// The broker's IAM actions when the rotation came (template.yaml of
+/// commit 69430f3): the cache table and its own log streams. Signing,
+/// including with keys the rotation creates later, comes from each key's
+/// policy, never from IAM: the role may narrow, never gain.
+const BROKER_ACTIONS: [&str; 6] = [
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:DescribeTable",
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+];
 
-/// Every operation of an OpenAPI/Swagger body requires SigV4: a security
-/// requirement naming an `awsSigv4` scheme, or `x-amazon-apigateway-auth`
-/// of type AWS_IAM.
-fn openapi_operations(api: &str, body: &Value, found: &mut Vec<String>) {
-    if body.is_null() {
-        return;
-    }
-    let schemes = if body["securityDefinitions"].is_object() {
-        &body["securityDefinitions"]
-    } else {
-        &body["components"]["securitySchemes"]
-    };
-    let sigv4 = |requirement: &Value| {
-        requirement.as_object().is_some_and(|names| {
-            !names.is_empty()
-                && names
-                    .keys()
-                    .all(|n| schemes[n]["x-amazon-apigateway-authtype"] == "awsSigv4")
-        })
-    };
-    const METHODS: [&str; 8] = [
-        "get",
-        "put",
-        "post",
-        "delete",
-        "options",
-        "head",
-        "patch",
-        "x-amazon-apigateway-any-method",
-    ];
-    for (path, item) in body["paths"].as_object().into_iter().flatten() {
-        for (method, operation) in item.as_object().into_iter().flatten() {
-            if !METHODS.contains(&method.to_ascii_lowercase().as_str()) {
-                continue;
-            }
-            let iam = operation["x-amazon-apigateway-auth"]["type"]
-                .as_str()
-                .is_some_and(|t| t.eq_ignore_ascii_case("AWS_IAM"));
-            let security = if operation["security"].is_null() {
-                &body["security"]
-            } else {
-                &operation["security"]
-            };
-            let requirements = items(security);
-            if !iam && (requirements.is_empty() || !requirements.into_iter().all(&sigv4)) {
-                found.push(format!("{api}: {method} {path} does not require AWS_IAM"));
-            }
-        }
-    }
-}
-
-fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
+/// A role's trust policy admits Lambda only, and it has no managed policy.
+fn lambda_role(template: &Value, role: &str, why: &str, found: &mut Vec<String>) {
     let props = &template["Resources"][role]["Properties"];
     if !items(&props["ManagedPolicyArns"]).is_empty() {
         found.push(format!(
@@ -350,11 +357,17 @@ fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
             || statement["Principal"] == json!({"Service": ["lambda.amazonaws.com"]});
         if statement["Effect"] == "Allow" && !lambda_only {
             found.push(format!(
-                "{role}: may be assumed by {} (it alone may sign)",
+                "{role}: may be assumed by {} ({why})",
                 statement["Principal"]
             ));
         }
     }
+}
+
+/// Every policy document of `role`: inline, or a policy of the stack that
+/// names the role.
+fn role_documents<'a>(template: &'a Value, role: &str) -> Vec<(String, &'a Value)> {
+    let props = &template["Resources"][role]["Properties"];
     let mut documents: Vec<(String, &Value)> = items(&props["Policies"])
         .into_iter()
         .map(|p| (format!("{role}/{}", p["PolicyName"]), &p["PolicyDocument"]))
@@ -363,7 +376,20 @@ fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
         .chain(resources(template, "AWS::IAM::ManagedPolicy"))
         .filter(|(_, p)| items(&p["Roles"]).contains(&&json!({"Ref": role})));
     documents.extend(attached.map(|(name, p)| (name.to_string(), &p["PolicyDocument"])));
-    for (name, document) in documents {
+    documents
+}
+
+/// The text of a resource: a literal, or a `!Sub` template.
+fn resource_text(resource: &Value) -> Option<&str> {
+    resource
+        .as_str()
+        .or_else(|| resource["Fn::Sub"].as_str())
+        .or_else(|| resource["Fn::Sub"][0].as_str())
+}
+
+fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
+    lambda_role(template, role, "it alone may sign", found);
+    for (name, document) in role_documents(template, role) {
         for statement in statements(document) {
             if statement["Effect"] != "Allow" {
                 continue;
@@ -375,13 +401,18 @@ fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
                 if action == "*" || action.ends_with(":*") {
                     found.push(format!("{name}: action wildcard {action}"));
                 }
+                if !BROKER_ACTIONS
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(action))
+                {
+                    found.push(format!(
+                        "{name}: the broker's role gained {action} (it may keep or drop \
+                         {BROKER_ACTIONS:?}, nothing more)"
+                    ));
+                }
             }
             for resource in items(&statement["Resource"]) {
-                let text = resource
-                    .as_str()
-                    .or_else(|| resource["Fn::Sub"].as_str())
-                    .or_else(|| resource["Fn::Sub"][0].as_str());
-                if text.is_some_and(|t| t.contains('*')) {
+                if resource_text(resource).is_some_and(|t| t.contains('*')) {
                     found.push(format!("{name}: wildcard resource {resource}"));
                 }
             }
@@ -392,11 +423,14 @@ fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
 /// Everything wrong with `template`, one line each.
 fn violations(template: &Value) -> Vec<String> {
     let mut found = vec![];
-    if let Some(role) = broker_role(template, &mut found) {
-        key_policies(template, &role, &mut found);
-        broker_policies(template, &role, &mut found);
+    if let Some((broker, rotation)) = function_roles(template, &mut found) {
+        key_policies(template, &broker, &mut found);
+        broker_policies(template, &broker, &mut found);
+        rotation::rotation_function(template, &broker, &rotation, &mut found);
+        rotation::rotation_policies(template, &rotation, &mut found);
     }
-    apis(template, &mut found);
+    rotation::alarms(template, &mut found);
+    api::apis(template, &mut found);
     found
 }
 
@@ -404,6 +438,16 @@ fn violations(template: &Value) -> Vec<String> {
 fn the_template_keeps_signing_to_the_broker_and_every_method_behind_iam() {
     let found = violations(&template());
     assert!(found.is_empty(), "template.yaml:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_rotations_key_policy_keeps_signing_to_the_broker() {
+    let found = generated_policy_violations(&generated_policy());
+    assert!(
+        found.is_empty(),
+        "signing_key_policy:\n{}",
+        found.join("\n")
+    );
 }
 
 /// `template.yaml` with `edit` applied must show a violation containing
@@ -418,34 +462,68 @@ fn fails_with(expected: &str, edit: impl FnOnce(&mut Value)) {
     );
 }
 
-fn statement_mut<'a>(template: &'a mut Value, key: &str, sid: &str) -> &'a mut Value {
-    template["Resources"][key]["Properties"]["KeyPolicy"]["Statement"]
+/// Likewise for the key policy the rotation generates.
+fn policy_fails_with(expected: &str, edit: impl FnOnce(&mut Value)) {
+    let mut edited = generated_policy();
+    edit(&mut edited);
+    let found = generated_policy_violations(&edited);
+    assert!(
+        found.iter().any(|f| f.contains(expected)),
+        "wanted a violation containing {expected:?}, got {found:#?}"
+    );
+}
+
+fn sid_mut<'a>(policy: &'a mut Value, sid: &str) -> &'a mut Value {
+    policy["Statement"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
         .find(|s| s["Sid"] == sid)
-        .unwrap_or_else(|| panic!("{key} has a statement {sid}"))
+        .unwrap_or_else(|| panic!("no statement {sid}"))
+}
+
+fn statement_mut<'a>(template: &'a mut Value, key: &str, sid: &str) -> &'a mut Value {
+    sid_mut(
+        &mut template["Resources"][key]["Properties"]["KeyPolicy"],
+        sid,
+    )
 }
 
 #[test]
 fn signing_by_the_account_or_anyone_else_is_a_violation() {
-    fails_with("SigningKey/AccountAdministers: grants signing", |t| {
-        statement_mut(t, "SigningKey", "AccountAdministers")["Action"] = json!("kms:*");
+    let by_account = "signing_key_policy/AccountAdministers: grants signing";
+    policy_fails_with(by_account, |p| {
+        sid_mut(p, "AccountAdministers")["Action"] = json!("kms:*");
     });
-    fails_with("SigningKey/AccountAdministers: grants signing", |t| {
-        statement_mut(t, "SigningKey", "AccountAdministers")["Action"] = json!(["kms:S*"]);
+    policy_fails_with(by_account, |p| {
+        sid_mut(p, "AccountAdministers")["Action"] = json!(["kms:S*"]);
     });
-    fails_with("SigningKey/AccountAdministers: grants signing", |t| {
-        statement_mut(t, "SigningKey", "AccountAdministers")["Action"] = json!("kms:Create*");
+    policy_fails_with(by_account, |p| {
+        sid_mut(p, "AccountAdministers")["Action"] = json!("kms:Create*");
     });
+    policy_fails_with("signing_key_policy/BrokerSigns: grants signing", |p| {
+        sid_mut(p, "BrokerSigns")["Principal"] = json!({"AWS": "*"});
+    });
+    policy_fails_with("signing_key_policy/BrokerSigns: grants signing", |p| {
+        sid_mut(p, "BrokerSigns")["Principal"] = json!({"AWS": [BROKER_ARN, ROTATION_ARN]});
+    });
+    policy_fails_with(
+        "signing_key_policy/RotationManagesItsKeys: grants signing",
+        |p| {
+            sid_mut(p, "RotationManagesItsKeys")["Action"] = json!(["kms:DescribeKey", "kms:Sign"]);
+        },
+    );
+    policy_fails_with(
+        "signing_key_policy/RotationStampsItsKeys: grants signing or grants",
+        |p| {
+            sid_mut(p, "RotationStampsItsKeys")["Action"] = json!("kms:CreateGrant");
+        },
+    );
     fails_with("CacheKey/AccountAdministers: grants signing", |t| {
         statement_mut(t, "CacheKey", "AccountAdministers")["Action"] = json!("*");
     });
-    fails_with("SigningKey/BrokerSigns: grants signing", |t| {
-        statement_mut(t, "SigningKey", "BrokerSigns")["Principal"] = json!({"AWS": "*"});
-    });
-    fails_with("SigningKey: no KeyPolicy", |t| {
-        t["Resources"]["SigningKey"]["Properties"]
+    fails_with("CacheKey: no KeyPolicy", |t| {
+        t["Resources"]["CacheKey"]["Properties"]
             .as_object_mut()
             .unwrap()
             .remove("KeyPolicy");
@@ -454,91 +532,56 @@ fn signing_by_the_account_or_anyone_else_is_a_violation() {
 
 #[test]
 fn a_missing_or_narrowed_deny_is_a_violation() {
-    let deny_missing = "SigningKey: no Deny of kms:Sign";
-    fails_with(deny_missing, |t| {
-        statement_mut(t, "SigningKey", "OnlyTheBrokerSigns")["Effect"] = json!("Allow");
+    let deny_missing = "signing_key_policy: no Deny of kms:Sign";
+    policy_fails_with(deny_missing, |p| {
+        sid_mut(p, "OnlyTheBrokerSigns")["Effect"] = json!("Allow");
     });
-    fails_with(deny_missing, |t| {
-        let deny = statement_mut(t, "SigningKey", "OnlyTheBrokerSigns");
+    policy_fails_with(deny_missing, |p| {
+        let deny = sid_mut(p, "OnlyTheBrokerSigns");
         deny["Condition"]["StringEquals"] = json!({"aws:PrincipalAccount": "111122223333"});
     });
-    fails_with(deny_missing, |t| {
-        let deny = statement_mut(t, "SigningKey", "OnlyTheBrokerSigns");
-        deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] = json!("arn:aws:iam::1:role/x");
+    policy_fails_with(deny_missing, |p| {
+        let deny = sid_mut(p, "OnlyTheBrokerSigns");
+        deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] = json!(ROTATION_ARN);
     });
-    fails_with(deny_missing, |t| {
-        statement_mut(t, "SigningKey", "OnlyTheBrokerSigns")["Action"] = json!("kms:Verify");
+    policy_fails_with(deny_missing, |p| {
+        sid_mut(p, "OnlyTheBrokerSigns")["Action"] = json!("kms:Verify");
     });
-    fails_with(
-        "SigningKey: no unconditional Deny of kms:CreateGrant",
-        |t| {
-            statement_mut(t, "SigningKey", "NoGrants")["Condition"] =
+    policy_fails_with(deny_missing, |p| {
+        sid_mut(p, "OnlyTheBrokerSigns")["Resource"] = json!("arn:aws:kms:*:*:key/other");
+    });
+    policy_fails_with(
+        "signing_key_policy: no unconditional Deny of kms:CreateGrant",
+        |p| {
+            sid_mut(p, "NoGrants")["Condition"] =
                 json!({"Bool": {"kms:GrantIsForAWSResource": "false"}});
         },
     );
-}
-
-#[test]
-fn a_method_without_aws_iam_is_a_violation() {
-    fails_with("TokenApi: Auth.DefaultAuthorizer is not AWS_IAM", |t| {
-        t["Resources"]["TokenApi"]["Properties"]["Auth"]["DefaultAuthorizer"] = json!("NONE");
-    });
-    fails_with("BrokerFunction/Token: Auth.Authorizer", |t| {
-        t["Resources"]["BrokerFunction"]["Properties"]["Events"]["Token"]["Properties"]["Auth"] =
-            json!({"Authorizer": "NONE"});
-    });
-    fails_with("BrokerFunction/Token: no RestApiId", |t| {
-        t["Resources"]["BrokerFunction"]["Properties"]["Events"]["Token"]["Properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("RestApiId");
-    });
-    fails_with("Open: AuthorizationType is not AWS_IAM", |t| {
-        t["Resources"]["Open"] = json!({"Type": "AWS::ApiGateway::Method",
-            "Properties": {"HttpMethod": "GET", "AuthorizationType": "NONE"}});
-    });
-    fails_with("BrokerFunction: function URL without AWS_IAM", |t| {
-        t["Resources"]["BrokerFunction"]["Properties"]["FunctionUrlConfig"] =
-            json!({"AuthType": "NONE"});
-    });
-    fails_with("Http: AWS::Serverless::HttpApi", |t| {
-        t["Resources"]["Http"] = json!({"Type": "AWS::Serverless::HttpApi", "Properties": {}});
-    });
-}
-
-#[test]
-fn openapi_operations_need_a_sigv4_requirement() {
-    let body = json!({
-        "swagger": "2.0",
-        "securityDefinitions": {"sigv4": {"type": "apiKey", "name": "Authorization",
-            "in": "header", "x-amazon-apigateway-authtype": "awsSigv4"}},
-        "paths": {"/token/{profile}": {
-            "get": {"security": [{"sigv4": []}]},
-            "options": {"x-amazon-apigateway-auth": {"type": "AWS_IAM"}},
-        }},
-    });
-    let mut good = template();
-    good["Resources"]["TokenApi"]["Properties"]["DefinitionBody"] = body.clone();
-    assert_eq!(violations(&good), Vec::<String>::new());
-
-    fails_with(
-        "TokenApi: post /token/{profile} does not require AWS_IAM",
-        |t| {
-            let mut body = body.clone();
-            body["paths"]["/token/{profile}"]["post"] = json!({});
-            t["Resources"]["TokenApi"]["Properties"]["DefinitionBody"] = body;
+    policy_fails_with(
+        "signing_key_policy: no unconditional Deny of kms:CreateGrant",
+        |p| {
+            let statements = p["Statement"].as_array_mut().unwrap();
+            statements.retain(|s| s["Sid"] != "NoGrants");
         },
     );
-    fails_with(
-        "TokenApi: get /token/{profile} does not require AWS_IAM",
-        |t| {
-            let mut body = body.clone();
-            body["paths"]["/token/{profile}"]["get"]["security"] = json!([{"api_key": []}]);
-            t["Resources"]["TokenApi"]["Properties"]["DefinitionBody"] = body;
-        },
-    );
-    fails_with("TokenApi: DefinitionUri cannot be checked here", |t| {
-        t["Resources"]["TokenApi"]["Properties"]["DefinitionUri"] = json!("api.yaml");
+}
+
+/// The keys and their aliases belong to the rotation: a signing key or an
+/// alias managed by CloudFormation is a violation, whatever its policy.
+#[test]
+fn a_signing_key_or_alias_in_the_template_is_a_violation() {
+    let key = json!({"Type": "AWS::KMS::Key", "Properties": {
+        "KeySpec": "RSA_2048", "KeyUsage": "SIGN_VERIFY",
+        "KeyPolicy": generated_policy(),
+    }});
+    fails_with("SigningKey: a signing key managed by CloudFormation", |t| {
+        t["Resources"]["SigningKey"] = key;
+    });
+    fails_with("SigningKeyAlias: an alias managed by CloudFormation", |t| {
+        t["Resources"]["SigningKeyAlias"] = json!({"Type": "AWS::KMS::Alias", "Properties": {
+            "AliasName": {"Fn::Sub": "alias/${AWS::StackName}-current"},
+            "TargetKeyId": {"Ref": "SigningKey"},
+        }});
     });
 }
 
@@ -567,6 +610,26 @@ fn broad_or_unverifiable_broker_permissions_are_violations() {
     fails_with("BrokerRole/\"extra\": wildcard resource", |t| {
         t["Resources"]["BrokerRole"]["Properties"]["Policies"] = json!([{"PolicyName": "extra",
             "PolicyDocument": {"Statement": [{"Effect": "Allow", "Action": "kms:Sign", "Resource": "*"}]}}]);
+    });
+    fails_with("BrokerPolicy: the broker's role gained kms:Sign", |t| {
+        first_statement(t)["Action"] = json!(["dynamodb:GetItem", "kms:Sign"]);
+    });
+    fails_with(
+        "BrokerPolicy: the broker's role gained kms:GetPublicKey",
+        |t| {
+            let statements =
+                t["Resources"]["BrokerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                    .as_array_mut()
+                    .unwrap();
+            statements.push(json!({"Effect": "Allow", "Action": "kms:GetPublicKey",
+            "Resource": {"Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:alias/${AWS::StackName}-current"}}));
+        },
+    );
+    fails_with("Extra: the broker's role gained dynamodb:Scan", |t| {
+        t["Resources"]["Extra"] = json!({"Type": "AWS::IAM::Policy", "Properties": {
+            "PolicyName": "extra", "Roles": [{"Ref": "BrokerRole"}],
+            "PolicyDocument": {"Statement": [{"Effect": "Allow", "Action": "dynamodb:Scan",
+                "Resource": {"Fn::GetAtt": ["TokenCache", "Arn"]}}]}}});
     });
     fails_with("BrokerRole: may be assumed by", |t| {
         t["Resources"]["BrokerRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] =

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use crate::Error;
 use crate::token::TokenClient;
 
+mod rotation;
+
 pub const STAGE: &str = "dev";
 pub const DEFAULT_PROFILE: &str = "graph";
 
@@ -43,6 +45,10 @@ pub struct DevOptions {
     pub token_lifetime_secs: u64,
     /// Stop after the demonstration instead of serving until interrupted.
     pub once: bool,
+    /// Rotate the signing key on this period (seconds), with the real state
+    /// machine against the in-process key store, while a workload keeps
+    /// requesting tokens.
+    pub rotate_every: Option<u64>,
 }
 
 /// The embedded default profile: obviously local values that pass every
@@ -65,7 +71,7 @@ pub fn default_profiles() -> Profiles {
 
 /// Wraps the signer to tell the console what it signed (claims only).
 struct Narrated {
-    inner: LocalKeySigner,
+    inner: Arc<dyn AssertionSigner>,
     minted: mpsc::UnboundedSender<(AssertionClaims, String)>,
 }
 
@@ -121,17 +127,29 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
     let dev = |e: &dyn std::fmt::Display| Error::Dev(e.to_string());
     let signer = LocalKeySigner::generate().map_err(|e| dev(&e))?;
     let jwk = signer.jwk().clone();
-    let (minted_tx, mut minted) = mpsc::unbounded_channel();
-    let signer: Arc<dyn AssertionSigner> = Arc::new(Narrated {
-        inner: signer,
-        minted: minted_tx,
-    });
-
     let keys = JwkSet::new(vec![jwk.clone()]).map_err(|e| dev(&e))?;
     let edge = EdgeServer::start(options.edge, |a| format!("http://{a}"), Some(&keys))
         .await
         .map_err(|e| dev(&e))?;
     let issuer = edge.issuer().clone();
+
+    // With rotation, the broker signs with whatever key the ring's current
+    // alias names, re-resolved like the KMS signer does.
+    let (inner, rotation): (Arc<dyn AssertionSigner>, _) = match options.rotate_every {
+        Some(every) => {
+            let rotation = rotation::DevRotation::new(signer, &issuer, &edge, every).await?;
+            (
+                Arc::new(rotation.store.signer(rotation::SIGNER_RESOLVE)),
+                Some(rotation),
+            )
+        }
+        None => (Arc::new(signer), None),
+    };
+    let (minted_tx, mut minted) = mpsc::unbounded_channel();
+    let signer: Arc<dyn AssertionSigner> = Arc::new(Narrated {
+        inner,
+        minted: minted_tx,
+    });
 
     let configured = options.profiles.unwrap_or_else(default_profiles);
     let credentials: Vec<FederatedCredential> = configured
@@ -144,10 +162,16 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
             audience: AUDIENCE.into(),
         })
         .collect();
-    let entra = EntraStandIn::new(EntraConfig {
+    let mut entra_config = EntraConfig {
         token_lifetime_secs: options.token_lifetime_secs,
         ..EntraConfig::new(credentials)
-    });
+    };
+    if let Some(rotation) = &rotation {
+        // A relying party that keeps the key set for the whole warm-up: K1
+        // is what makes that safe.
+        entra_config.key_cache_ttl = Duration::from_secs(rotation.timings().warm_up);
+    }
+    let entra = EntraStandIn::new(entra_config);
     let entra_server = entra
         .clone()
         .serve(options.entra)
@@ -158,7 +182,14 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
 
     let broker = Broker::new(
         profiles.clone(),
-        BrokerSettings::new(issuer.clone()),
+        BrokerSettings {
+            assertion_lifetime_secs: if rotation.is_some() {
+                rotation::ASSERTION_LIFETIME_SECS
+            } else {
+                BrokerSettings::new(issuer.clone()).assertion_lifetime_secs
+            },
+            ..BrokerSettings::new(issuer.clone())
+        },
         signer,
         Arc::new(EntraClient::new(Duration::from_secs(5)).map_err(|e| dev(&e))?),
         None,
@@ -300,6 +331,26 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
     );
     println!("  cargo run -q -p aws2azure-cli -- doctor {issuer} --allow-http");
 
+    if let Some(rotation) = rotation.filter(|_| !options.once) {
+        let t = *rotation.timings();
+        println!(
+            "\nRotating the signing key every {} s (warm-up {} s, previous kept {} s; in production 90 days, 24 h, 24 h).\n\
+             The Entra stand-in keeps key sets for {} s and does not refetch on an unknown kid, the worst case.\n\
+             A workload asks for a fresh token every 2 s; [keys] lines are rotation steps.",
+            t.period, t.warm_up, t.previous_retention, t.warm_up
+        );
+        println!(
+            "Keys are published through the Cloudflare API client to a local stand-in at {}.",
+            rotation.cloudflare.url()
+        );
+        tokio::spawn(Arc::new(rotation).run());
+        tokio::spawn(rotation::workload(
+            client,
+            first.name.to_string(),
+            options.token_lifetime_secs,
+            entra.clone(),
+        ));
+    }
     if options.once {
         println!("\nDone (--once).");
     } else {

@@ -1,0 +1,165 @@
+//! Wiring `aws2azure keys` to the lifecycle: the ring in KMS, the key
+//! document in Workers KV, the public key set behind the issuer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws2azure_keys::cloudflare::{ApiToken, CloudflareKv, CloudflareSettings, PublishError};
+use aws2azure_keys::document::KeyDocument;
+use aws2azure_keys::kms::KmsKeyStore;
+use aws2azure_keys::public::{HttpPublicKeySet, PublicError, PublicKeySet};
+use aws2azure_keys::publish::Publisher;
+use aws2azure_keys::rotation::{Report, Rotator};
+use aws2azure_keys::{Timings, policy};
+use aws2azure_shared::discovery::Issuer;
+use aws2azure_shared::jwk::JwkSet;
+use aws2azure_signer::clock::SystemClock;
+
+use super::RingArgs;
+use super::output;
+use crate::{Error, ExitCode};
+
+pub enum Operation {
+    Stage,
+    Promote { force: bool },
+    Retire { force: bool },
+    Rotate,
+    Publish,
+}
+
+fn timings(args: &RingArgs) -> Timings {
+    Timings {
+        warm_up: args.warm_up.as_secs(),
+        period: args.period.as_secs(),
+        previous_retention: args.retention.unwrap_or(args.warm_up).as_secs(),
+        signer_resolve_interval: args.signer_resolve_interval.as_secs(),
+        edge_propagation: args.edge_propagation.as_secs(),
+        ..Timings::default()
+    }
+}
+
+/// Stands in for a part that is not configured, so that commands that do
+/// not need it (`status` needs no Cloudflare token) still run, and those
+/// that do fail naming the setting.
+struct Unconfigured(&'static str);
+
+#[async_trait]
+impl Publisher for Unconfigured {
+    async fn publish(&self, _: &KeyDocument) -> Result<(), PublishError> {
+        Err(PublishError::NotConfigured(self.0.to_string()))
+    }
+    fn describe(&self) -> String {
+        "nowhere (not configured)".into()
+    }
+}
+
+#[async_trait]
+impl PublicKeySet for Unconfigured {
+    async fn fetch(&self) -> Result<JwkSet, PublicError> {
+        Err(PublicError::NotConfigured(self.0.to_string()))
+    }
+    fn describe(&self) -> String {
+        "nowhere (no issuer)".into()
+    }
+}
+
+async fn rotator(args: &RingArgs) -> Result<Rotator, Error> {
+    let usage = |e: &dyn std::fmt::Display| Error::Usage(e.to_string());
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &args.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let kms = aws_sdk_kms::Client::new(&loader.load().await);
+    let key_policy = match (&args.broker_role_arn, &args.rotation_role_arn) {
+        (Some(broker), Some(rotation)) => {
+            Some(policy::for_roles(broker, rotation).map_err(aws2azure_keys::Error::from)?)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Error::Usage(
+                "give both --broker-role-arn and --rotation-role-arn (the key policy names                  both), or neither"
+                    .into(),
+            ));
+        }
+    };
+    aws2azure_keys::kms::validate_ring(&args.ring)?;
+    let store = KmsKeyStore::new(kms, &args.ring, key_policy);
+
+    let publisher: Arc<dyn Publisher> = match (&args.cloudflare_account, &args.cloudflare_namespace)
+    {
+        (Some(account), Some(namespace)) => {
+            let settings = CloudflareSettings::new(account, namespace)?
+                .with_api_base(&args.cloudflare_api)?
+                .with_kv_key(&args.cloudflare_kv_key)?;
+            let token = ApiToken::from_env()?;
+            let client = CloudflareKv::new(settings, token).map_err(aws2azure_keys::Error::from)?;
+            Arc::new(client)
+        }
+        _ => Arc::new(Unconfigured(
+            "no Cloudflare account and namespace: set AWS2AZURE_CLOUDFLARE_ACCOUNT_ID and \
+                 AWS2AZURE_CLOUDFLARE_NAMESPACE_ID (and the API token in \
+                 AWS2AZURE_CLOUDFLARE_API_TOKEN or AWS2AZURE_CLOUDFLARE_API_TOKEN_FILE)",
+        )),
+    };
+    let public: Arc<dyn PublicKeySet> = match &args.issuer {
+        Some(issuer) => {
+            let issuer = Issuer::parse(issuer).map_err(|e| usage(&e))?;
+            Arc::new(HttpPublicKeySet::new(issuer, Duration::from_secs(10)).map_err(|e| usage(&e))?)
+        }
+        None => Arc::new(Unconfigured(
+            "no issuer: set --issuer or AWS2AZURE_ISSUER to the edge's public URL",
+        )),
+    };
+    Rotator::new(
+        Arc::new(store),
+        publisher,
+        public,
+        Arc::new(SystemClock),
+        timings(args),
+    )
+    .map_err(Error::from)
+}
+
+pub async fn status(args: &RingArgs) -> Result<ExitCode, Error> {
+    let status = rotator(args).await?.status().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ring": args.ring, "status": status })
+        );
+    } else {
+        print!("{}", output::status_text(&status, &args.ring));
+    }
+    Ok(ExitCode::Ok)
+}
+
+pub async fn export_ring(args: &RingArgs) -> Result<ExitCode, Error> {
+    let document = rotator(args).await?.document().await?;
+    println!("{}", String::from_utf8_lossy(document.bytes()));
+    Ok(ExitCode::Ok)
+}
+
+pub async fn operate(args: &RingArgs, operation: Operation) -> Result<ExitCode, Error> {
+    let rotator = rotator(args).await?;
+    let mut report = Report::default();
+    let result = match operation {
+        Operation::Stage => rotator.stage(&mut report).await,
+        Operation::Promote { force } => rotator.promote(force, &mut report).await,
+        Operation::Retire { force } => rotator.retire(force, &mut report).await,
+        Operation::Rotate => rotator.rotate(&mut report).await,
+        Operation::Publish => rotator.publish(&mut report).await,
+    };
+    let error = result.as_ref().err().map(ToString::to_string);
+    if args.json {
+        println!("{}", output::report_json(&report, error.as_deref()));
+    } else {
+        // Risks go to standard error so that they are seen even when the
+        // report is piped away.
+        for risk in &report.risks {
+            eprintln!("RISK (--force): {risk}");
+        }
+        print!("{}", output::report_text(&report));
+    }
+    result.map(|()| ExitCode::Ok).map_err(Error::from)
+}
