@@ -3,10 +3,13 @@
 //!
 //! - [`workerd`]: the compiled edge Worker in workerd (Miniflare).
 //! - [`rig`]: a local federation (edge core, Entra stand-in, broker).
+//! - [`drill`]: the key rotation's rig (KMS ring, workerd edge, Cloudflare
+//!   stand-in, rotator, Entra stand-in, broker) and its observers.
 //! - [`aws`], [`python`], [`logs`]: moto resource names, Python validators
 //!   from the workspace's virtualenv, captured log lines.
 
 pub mod aws;
+pub mod drill;
 pub mod logs;
 pub mod python;
 pub mod rig;

@@ -62,13 +62,25 @@ impl Federation {
     /// Entra trusting `trusted`, the broker signing as `issuer`, served by
     /// an edge the caller runs (e.g. the Worker in workerd).
     pub async fn trusting(issuer: Issuer, trusted: &str) -> Self {
-        let entra = EntraStandIn::new(EntraConfig::new(vec![FederatedCredential {
+        Self::trusting_with(issuer, trusted, |_| {}).await
+    }
+
+    /// [`Federation::trusting`] with Entra's behaviour changed by `tune`
+    /// (its key cache, token lifetime).
+    pub async fn trusting_with(
+        issuer: Issuer,
+        trusted: &str,
+        tune: impl FnOnce(&mut EntraConfig),
+    ) -> Self {
+        let mut config = EntraConfig::new(vec![FederatedCredential {
             tenant_id: TENANT.into(),
             client_id: CLIENT.into(),
             issuer: trusted.into(),
             subject: SUBJECT.into(),
             audience: aws2azure_shared::assertion::AUDIENCE.into(),
-        }]));
+        }]);
+        tune(&mut config);
+        let entra = EntraStandIn::new(config);
         let entra_server = entra.clone().serve(loopback()).await.unwrap();
         Self {
             edge: None,
