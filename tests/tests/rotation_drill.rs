@@ -232,7 +232,21 @@ async fn drill_with_an_early_forced_promotion_fails_exchanges() {
     let mut report = Report::default();
     rig.rotator.stage(&mut report).await.unwrap();
     let next = staged_kid(&report);
-    rig.until_listed(&next, Duration::from_secs(10)).await;
+    // The moment `rotate` finds it in the public key set, it is forced in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut report = Report::default();
+        rig.rotator.rotate(&mut report).await.unwrap();
+        if report
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SeenPublic { kid } if *kid == next))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kid {next} never seen public");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut report = Report::default();
     rig.rotator.promote(true, &mut report).await.unwrap();
     let promoted_after = cached.elapsed();
