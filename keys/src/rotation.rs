@@ -428,4 +428,6 @@ impl Rotator {
 }
 
 #[cfg(test)]
+mod staging_tests;
+#[cfg(test)]
 mod tests;

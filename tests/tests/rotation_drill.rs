@@ -81,6 +81,14 @@ async fn drill_full_schedule_four_keys_sign_without_one_failed_exchange() {
             client.now().kids(),
             s.errors
         );
+        // A failed exchange fails the drill at once, with the schedule so far.
+        let failures = client.now().failures;
+        assert!(
+            failures.is_empty(),
+            "exchanges failed: {:?}; actions so far: {:?}",
+            &failures[..failures.len().min(5)],
+            s.actions
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let traffic = client.finish().await;
