@@ -178,7 +178,7 @@ async fn the_lifecycle_from_the_command_line_with_its_guards() {
         text(&out.stderr)
     );
 
-    // A second key: staged, seen publicly by `rotate`, warm after 2 s.
+    // A second key: staged, seen publicly by `rotate`, warm 3 s later.
     let out = rig.keys(&["stage", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -198,7 +198,8 @@ async fn the_lifecycle_from_the_command_line_with_its_guards() {
         "{}",
         text(&out.stdout)
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Warm from the first sighting + edge propagation (1 s) + warm-up (2 s).
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let out = rig.keys(&["promote"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("RISK"), "{}", text(&out.stderr));

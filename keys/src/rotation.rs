@@ -77,6 +77,13 @@ impl Report {
         tracing::info!(action = ?action, "key lifecycle step");
         self.actions.push(action);
     }
+
+    /// Notes a reason once, however many steps ran into it.
+    fn wait(&mut self, reason: String) {
+        if !self.waiting.contains(&reason) {
+            self.waiting.push(reason);
+        }
+    }
 }
 
 /// The ring's status: every key and the document it should publish.
@@ -194,8 +201,17 @@ impl Rotator {
 
     /// Writes the document for the ring and stamps the keys published for
     /// the first time.
+    ///
+    /// What the edge serves is read and recorded first: if someone
+    /// overwrote the document and dropped the next key, this write puts it
+    /// back, and no later read could tell that relying parties may have
+    /// cached a key set without it; its warm-up must start again (K1).
     async fn publish_ring(&self, ring: &KeyRing, report: &mut Report) -> Result<(), Error> {
         let document = KeyDocument::for_ring(ring)?;
+        match self.public_kids().await {
+            Ok(kids) => self.observe(ring, &kids, report).await?,
+            Err(e) => report.wait(e.to_string()),
+        }
         self.publisher.publish(&document).await?;
         report.did(Action::Published {
             version: document.version(),
@@ -346,7 +362,7 @@ impl Rotator {
         // Publish whenever the public key set is not what the ring should
         // publish (a key new to it, a retired key still in it, another
         // order, or a document overwritten by hand), or cannot be read.
-        let public = self.public_kids().await;
+        let mut public = self.public_kids().await;
         let expected = KeyDocument::for_ring(&ring)?;
         let unpublished = ring
             .published()
@@ -358,11 +374,15 @@ impl Rotator {
         if unpublished || differs {
             self.publish_ring(&ring, report).await?;
             ring = self.ring().await?;
+            // What the edge serves now: a write it already serves is seen
+            // by this run, not left for the next one (which would then
+            // have something to do although no time passed).
+            public = self.public_kids().await;
         }
 
         match &public {
             Ok(kids) => self.observe(&ring, kids, report).await?,
-            Err(e) => report.waiting.push(e.to_string()),
+            Err(e) => report.wait(e.to_string()),
         }
         ring = self.ring().await?;
 

@@ -170,6 +170,7 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         // A relying party that keeps the key set for the whole warm-up: K1
         // is what makes that safe.
         entra_config.key_cache_ttl = Duration::from_secs(rotation.timings().warm_up);
+        entra_config.refetch_unknown_kid = false;
     }
     let entra = EntraStandIn::new(entra_config);
     let entra_server = entra

@@ -110,7 +110,7 @@ pub fn action_text(action: &Action) -> String {
         ),
         Action::Retired { kid } => format!("retired kid {kid}: out of the document"),
         Action::Unlisted { kid } => format!("kid {kid} is no longer served publicly"),
-        Action::Disabled { kid } => format!("disabled kid {kid} in KMS"),
+        Action::Disabled { kid } => format!("disabled kid {kid}: it can no longer sign"),
         Action::DeletionScheduled { kid, days } => {
             format!("scheduled kid {kid} for deletion in {days} days")
         }
