@@ -103,9 +103,10 @@ async fn the_first_key_is_published_at_once_and_signs_only_after_the_warm_up() {
     assert!(
         matches!(
             &report.actions[..],
+            // Published before `next` points at it.
             [
-                Action::Staged { adopted: false, .. },
                 Action::Published { kids, .. },
+                Action::Staged { adopted: false, .. },
                 Action::SeenPublic { kid: seen },
             ] if kids == std::slice::from_ref(&kid) && seen == &kid
         ),

@@ -104,35 +104,48 @@ pub fn start_client(broker: Broker, entra: EntraStandIn, started: Instant) -> Ta
                 let result = broker.token("graph", MAX_MIN_VALIDITY_SECS).await;
                 let seen_by_entra = entra.stats().token_requests - before;
                 let at = started.elapsed().as_secs_f64();
-                let record = |traffic: &mut Traffic| {
-                    traffic.requests += 1;
-                    match result {
-                        Ok(issued) => {
-                            assert_eq!(issued.outcome, CacheOutcome::Miss, "a fresh exchange");
-                            assert_eq!(issued.upstream.entra_calls, 1);
-                            assert_eq!(seen_by_entra, 1, "Entra saw this request's exchange");
-                            traffic.entra_calls += 1;
-                            let claims = issued_claims(issued.token.access_token.expose())
-                                .expect("a token of the Entra stand-in");
-                            let kid = claims[ASSERTION_KID_CLAIM]
-                                .as_str()
-                                .expect("the stand-in names the kid it validated")
-                                .to_string();
-                            traffic.record(kid, at);
-                        }
-                        Err(failed) => {
-                            let calls = u64::from(failed.upstream.entra_calls);
-                            assert_eq!(seen_by_entra, calls, "Entra saw this request's exchanges");
-                            traffic.entra_calls += calls;
-                            traffic.failures.push(Failure {
+                // Checked before the lock is taken, so that a failed check
+                // does not poison it for the test reading along.
+                let outcome = match result {
+                    Ok(issued) => {
+                        assert_eq!(issued.outcome, CacheOutcome::Miss, "a fresh exchange");
+                        assert_eq!(issued.upstream.entra_calls, 1);
+                        assert_eq!(seen_by_entra, 1, "Entra saw this request's exchange");
+                        let claims = issued_claims(issued.token.access_token.expose())
+                            .expect("a token of the Entra stand-in");
+                        let kid = claims[ASSERTION_KID_CLAIM]
+                            .as_str()
+                            .expect("the stand-in names the kid it validated")
+                            .to_string();
+                        Ok(kid)
+                    }
+                    Err(failed) => {
+                        let calls = u64::from(failed.upstream.entra_calls);
+                        assert_eq!(seen_by_entra, calls, "Entra saw this request's exchanges");
+                        Err((
+                            calls,
+                            Failure {
                                 at,
                                 aadsts: failed.error.aadsts(),
                                 message: failed.error.to_string(),
-                            });
-                        }
+                            },
+                        ))
                     }
                 };
-                record(&mut state.lock().unwrap());
+                {
+                    let mut traffic = state.lock().unwrap();
+                    traffic.requests += 1;
+                    match outcome {
+                        Ok(kid) => {
+                            traffic.entra_calls += 1;
+                            traffic.record(kid, at);
+                        }
+                        Err((calls, failure)) => {
+                            traffic.entra_calls += calls;
+                            traffic.failures.push(failure);
+                        }
+                    }
+                }
                 tokio::time::sleep(CLIENT_PAUSE).await;
             }
         }
