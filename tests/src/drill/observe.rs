@@ -207,12 +207,6 @@ impl Schedule {
     }
 }
 
-pub fn seen_public(a: &Action) -> Option<&String> {
-    match a {
-        Action::SeenPublic { kid } => Some(kid),
-        _ => None,
-    }
-}
 pub fn retired(a: &Action) -> Option<&String> {
     match a {
         Action::Retired { kid } => Some(kid),
@@ -279,6 +273,7 @@ pub fn start_schedule(rotator: Arc<Rotator>, started: Instant) -> Task<Schedule>
 #[derive(Clone, Debug, Default)]
 pub struct Watch {
     pub samples: u64,
+    pub first_listed: BTreeMap<String, f64>,
     pub last_listed: BTreeMap<String, f64>,
     pub first_unusable: BTreeMap<String, f64>,
     /// A key listed publicly in a read that started after KMS had already
@@ -319,6 +314,7 @@ pub fn start_watch(rig: Arc<Rig>, schedule: Arc<Mutex<Schedule>>) -> Task<Watch>
                                 "kid {kid} listed at {read_at:.1} s, unusable in KMS since {unusable:.1} s"
                             ));
                         }
+                        watch.first_listed.entry(kid.clone()).or_insert(read_at);
                         watch.last_listed.insert(kid, read_at);
                     }
                 }
