@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_kms::types::KeyState as KmsKeyState;
+use aws2azure_devstack::fault_proxy::FaultProxy;
 use aws2azure_keys::cloudflare::PublishError;
 use aws2azure_keys::document::KeyDocument;
 use aws2azure_keys::kms::KmsKeyStore;
@@ -310,7 +311,19 @@ fn died() -> StoreError {
 struct RecordingStore {
     inner: Arc<KmsKeyStore>,
     rec: Arc<Recorder>,
+    /// In front of `kms`: refuses the one KMS call inside `create_key` that
+    /// the process died before (the store cannot be stopped in between).
+    proxy: FaultProxy,
+    kms: aws_sdk_kms::Client,
+    ring: String,
+    /// Keys KMS created but the ring never found, with the call the process
+    /// died before.
+    stranded: Arc<Mutex<Vec<(String, &'static str)>>>,
 }
+
+/// The KMS calls of `KmsKeyStore::create_key`, in order. Each counts as a
+/// call of the run, so the crash lands before or after each of them.
+const CREATE_CALLS: [&str; 3] = ["CreateKey", "TagResource", "CreateAlias"];
 
 impl RecordingStore {
     async fn mutate<T>(
@@ -338,15 +351,51 @@ impl KeyStore for RecordingStore {
     }
 
     async fn create_key(&self, now: u64) -> Result<String, StoreError> {
-        let gate = self.rec.gate();
-        if let Gate::CrashBefore = gate {
-            return Err(died());
+        // Which call the process dies before (`CREATE_CALLS.len()`: right
+        // after the last one).
+        let mut dies_before = None;
+        for i in 0..CREATE_CALLS.len() {
+            match self.rec.gate() {
+                Gate::Go => {}
+                Gate::CrashBefore => {
+                    dies_before = Some(i);
+                    break;
+                }
+                Gate::CrashAfter => {
+                    dies_before = Some(i + 1);
+                    break;
+                }
+            }
+        }
+        match dies_before {
+            Some(0) => return Err(died()),
+            Some(i) if i < CREATE_CALLS.len() => {
+                let call = CREATE_CALLS[i];
+                let before = all_key_ids(&self.kms).await;
+                self.proxy.fail(
+                    &format!("TrentService.{call}"),
+                    "AccessDeniedException",
+                    400,
+                    1,
+                );
+                match self.inner.create_key(now).await {
+                    Err(StoreError::Denied { operation, .. }) if operation == call => {}
+                    other => panic!("create_key with {call} refused: {other:?}"),
+                }
+                let new = all_key_ids(&self.kms).await;
+                let made =
+                    created_for_ring(&self.kms, &self.ring, new.difference(&before).cloned()).await;
+                assert_eq!(made.len(), 1, "one key made before {call}: {made:?}");
+                self.stranded.lock().unwrap().push((made[0].clone(), call));
+                return Err(died());
+            }
+            _ => {}
         }
         let id = self.inner.create_key(now).await?;
         self.rec.log.lock().unwrap().push(format!("create {id}"));
-        match gate {
-            Gate::CrashAfter => Err(died()),
-            _ => Ok(id),
+        match dies_before {
+            Some(_) => Err(died()),
+            None => Ok(id),
         }
     }
 
@@ -441,6 +490,9 @@ struct Run {
     log: Vec<String>,
     calls: usize,
     crashed_at_step: Option<usize>,
+    /// Keys a crash inside `create_key` left out of the ring, with the call
+    /// it died before.
+    stranded: Vec<(String, &'static str)>,
     end: EndState,
 }
 
@@ -448,17 +500,25 @@ struct Run {
 /// a fresh store and rotator (a new process) on the plain store, logging to
 /// the same log.
 async fn run(crash_at: Option<usize>, after: bool) -> Run {
-    let kms = kms().await;
+    let (proxy, _server, kms) = proxied_kms(true).await;
     let ring = unique_ring("crash");
     let log = Arc::new(Mutex::new(Vec::new()));
+    let stranded = Arc::new(Mutex::new(Vec::new()));
     let edge = FakeEdge::new(Some(log.clone()));
     let clock = ManualClock::at(T0);
+    let recording = |rec: &Arc<Recorder>| {
+        Arc::new(RecordingStore {
+            inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
+            rec: rec.clone(),
+            proxy: proxy.clone(),
+            kms: kms.clone(),
+            ring: ring.clone(),
+            stranded: stranded.clone(),
+        })
+    };
 
     let rec = Recorder::new(crash_at, after, log.clone());
-    let store = Arc::new(RecordingStore {
-        inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
-        rec: rec.clone(),
-    });
+    let store = recording(&rec);
     let publisher = Arc::new(RecordingPublisher {
         edge: edge.clone(),
         rec: rec.clone(),
@@ -479,10 +539,7 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
 
     if let Some(from) = crashed_at_step {
         let rec = Recorder::new(None, false, log.clone());
-        let store = Arc::new(RecordingStore {
-            inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
-            rec: rec.clone(),
-        });
+        let store = recording(&rec);
         let publisher = Arc::new(RecordingPublisher {
             edge: edge.clone(),
             rec,
@@ -496,12 +553,35 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
 
     let log = log.lock().unwrap().clone();
     let end = end_state(&kms, &ring, &log, &edge).await;
+    let stranded = stranded.lock().unwrap().clone();
     Run {
         ring,
         log,
         calls: rec.calls(),
         crashed_at_step,
+        stranded,
         end,
+    }
+}
+
+/// A key a crash left inside `create_key` never joins the ring (`end_state`
+/// fails on any key of the ring the log does not show created), is never
+/// touched again, and carries the ring's tags exactly when the crash came
+/// after the tagging.
+async fn check_stranded(kms: &aws_sdk_kms::Client, run: &Run) {
+    for (key_id, died_before) in &run.stranded {
+        assert_eq!(key_state(kms, key_id).await, KmsKeyState::Enabled);
+        let tags = tags_of(kms, key_id).await;
+        let ring_tag = tags.get("aws2azure:ring");
+        match *died_before {
+            "TagResource" => assert!(tags.is_empty(), "{key_id}: {tags:?}"),
+            "CreateAlias" => assert_eq!(ring_tag, Some(&run.ring), "{key_id}: {tags:?}"),
+            other => panic!("died before {other}"),
+        }
+        assert!(
+            !aliases(kms, &run.ring).await.values().any(|t| t == key_id),
+            "{key_id} has an alias of the ring"
+        );
     }
 }
 
@@ -611,6 +691,7 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
     let kms = kms().await;
     let reference = run(None, false).await;
     assert_eq!(reference.crashed_at_step, None);
+    assert!(reference.stranded.is_empty());
     check_order(&kms, &reference).await;
     let end = &reference.end;
     // The uninterrupted end: the second key current, the first deleted.
@@ -640,6 +721,7 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
 
     // Four runs at a time: each has its own ring, and moto answers them
     // in parallel.
+    let mut stranded_before = BTreeMap::<&str, usize>::new();
     let mut cases: Vec<(usize, bool)> = [false, true]
         .into_iter()
         .flat_map(|after| (0..=calls).map(move |n| (n, after)))
@@ -664,7 +746,18 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
                 "{context}"
             );
             check_order(&kms, &run).await;
+            check_stranded(&kms, &run).await;
+            for (_, call) in &run.stranded {
+                *stranded_before.entry(*call).or_default() += 1;
+            }
             assert_eq!(run.end, reference.end, "{context}: {:#?}", run.log);
         }
     }
+    // Each of the two keys the schedule creates, crashed before its
+    // tagging and before its alias, once each way (before the call, after
+    // the one before it).
+    assert_eq!(
+        stranded_before,
+        BTreeMap::from([("CreateAlias", 4), ("TagResource", 4)])
+    );
 }
