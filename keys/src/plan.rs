@@ -137,7 +137,7 @@ pub fn check_promote<'a>(
     }
     let listed = public.map(|kids| kids.iter().any(|k| k == next.jwk.kid()));
     let seen = next.stamp(Stamp::SeenPublic);
-    let warm_at = seen.map(|s| s + timings.warm_up);
+    let warm_at = seen.map(|s| timings.warm_at(s));
     let mut problems = Vec::new();
     match listed {
         None => problems.push(
@@ -387,7 +387,7 @@ fn next_step(ring: &KeyRing, key: &KeyRecord, now: u64, t: &Timings) -> (String,
             (None, _) => ("publish".into(), Some(now)),
             (Some(_), None) => ("wait until the public key set lists it".into(), None),
             (Some(_), Some(seen)) => {
-                let due = promotion_due_at(ring, t).unwrap_or(0).max(seen + t.warm_up);
+                let due = promotion_due_at(ring, t).unwrap_or(0).max(t.warm_at(seen));
                 ("promote to current".into(), Some(due))
             }
         },
