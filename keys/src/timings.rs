@@ -58,6 +58,13 @@ impl Timings {
         demoted_at + self.signer_resolve_interval
     }
 
+    /// When a key first seen publicly at `seen` has been served everywhere
+    /// for the warm-up: the sighting is through one edge location, and the
+    /// others may serve it up to the edge propagation later.
+    pub fn warm_at(&self, seen: u64) -> u64 {
+        seen + self.edge_propagation + self.warm_up
+    }
+
     /// When the next key should be staged so that it is warm when the
     /// current one's period ends.
     pub fn stage_due(&self, promoted_at: u64) -> u64 {

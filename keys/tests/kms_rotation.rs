@@ -113,8 +113,10 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
         Some(T0)
     );
 
-    // Warm: promoted.
-    clock.advance(DAY);
+    // Warm (every edge location may serve it only the propagation after
+    // this sighting, and the warm-up counts from then): promoted.
+    let t = Timings::default();
+    clock.advance(t.edge_propagation + t.warm_up);
     let report = rotate(&rotator).await;
     assert_eq!(promoted(&report), [(k1.kid().to_string(), None)]);
     assert_eq!(
@@ -157,8 +159,9 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
         kid: k2.kid().into()
     }));
 
-    // The period ends: k2 signs, k1 stays published as previous.
-    clock.advance(DAY);
+    // The period has ended and k2 is warm: k2 signs, k1 stays published as
+    // previous.
+    clock.advance(t.edge_propagation + t.warm_up);
     let report = rotate(&rotator).await;
     assert_eq!(
         promoted(&report),
@@ -247,8 +250,22 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
 
 /// The schedule: `rotate` at these times (from T0). Covers staging, two
 /// promotions (the second demotes), a retirement, the unlisting, disabling
-/// and deletion, and a run with nothing to do.
-const SCHEDULE: [u64; 8] = [0, 0, DAY, 90 * DAY, 90 * DAY, 91 * DAY, 92 * DAY, 92 * DAY];
+/// and deletion, and a run with nothing to do. K1 lets a key sign the edge
+/// propagation plus the warm-up (a day) after its first sighting, so each
+/// promotion, and every step after it, comes that propagation later.
+fn schedule() -> [u64; 8] {
+    let p = Timings::default().edge_propagation;
+    [
+        0,
+        0,
+        DAY + p,
+        90 * DAY + p,
+        90 * DAY + p,
+        91 * DAY + 2 * p,
+        92 * DAY + 2 * p,
+        92 * DAY + 2 * p,
+    ]
+}
 
 /// A key as `keys()` lists it: (key, state, slots, stamps, usability).
 type ListedKey = (usize, KeyState, Vec<Slot>, BTreeMap<Stamp, u64>, Usability);
@@ -306,7 +323,8 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
     });
     let first = rotator(store, publisher, edge.clone(), &clock);
     let mut crashed_at_step = None;
-    for (step, at) in SCHEDULE.iter().enumerate() {
+    let schedule = schedule();
+    for (step, at) in schedule.iter().enumerate() {
         clock.set(T0 + at);
         let mut report = Report::default();
         if let Err(e) = first.rotate(&mut report).await {
@@ -326,7 +344,7 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
             rec,
         });
         let rerun = rotator(store, publisher, edge.clone(), &clock);
-        for at in &SCHEDULE[from..] {
+        for at in &schedule[from..] {
             clock.set(T0 + at);
             rotate(&rerun).await;
         }
