@@ -124,7 +124,7 @@ pub fn check_promote<'a>(
     if let Some(previous) = ring.previous() {
         let allowed_at = previous
             .stamp(Stamp::Demoted)
-            .map(|d| d + timings.previous_retention);
+            .map(|d| d.saturating_add(timings.previous_retention));
         return Err(Refusal::new(
             format!(
                 "the previous key {} is still published: retire it first (K2 allows that {})",
@@ -161,7 +161,7 @@ pub fn check_promote<'a>(
              what it does) refuses assertions signed with it until its cache expires",
             next.kid(),
             at(seen),
-            now.saturating_sub(seen + timings.edge_propagation),
+            now.saturating_sub(seen.saturating_add(timings.edge_propagation)),
             timings.warm_up,
             timings.edge_propagation
         )),
@@ -225,7 +225,7 @@ pub fn check_retire<'a>(
             None,
         ));
     };
-    let allowed_at = demoted + timings.previous_retention;
+    let allowed_at = demoted.saturating_add(timings.previous_retention);
     if now >= allowed_at {
         return Ok((previous, Vec::new()));
     }
@@ -269,7 +269,9 @@ pub fn stage_due(ring: &KeyRing, now: u64, timings: &Timings) -> bool {
 pub fn promotion_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
     match ring.current() {
         None => Some(0),
-        Some(current) => current.stamp(Stamp::Promoted).map(|p| p + timings.period),
+        Some(current) => current
+            .stamp(Stamp::Promoted)
+            .map(|p| p.saturating_add(timings.period)),
     }
 }
 
@@ -277,7 +279,7 @@ pub fn promotion_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
 pub fn retirement_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
     ring.previous()?
         .stamp(Stamp::Demoted)
-        .map(|d| d + timings.previous_retention)
+        .map(|d| d.saturating_add(timings.previous_retention))
 }
 
 /// What the public key set says about each key, as stamps to write.
@@ -400,7 +402,9 @@ fn next_step(ring: &KeyRing, key: &KeyRecord, now: u64, t: &Timings) -> (String,
                 let due = key.stamp(Stamp::Promoted).map(|p| t.stage_due(p));
                 ("stage its successor".into(), due)
             } else {
-                let due = key.stamp(Stamp::Promoted).map(|p| p + t.period);
+                let due = key
+                    .stamp(Stamp::Promoted)
+                    .map(|p| p.saturating_add(t.period));
                 (
                     "demote to previous (when its successor is promoted)".into(),
                     due,

@@ -429,12 +429,14 @@ fn the_first_key_is_due_at_once() {
 }
 
 #[test]
-fn the_successor_is_due_a_warm_up_before_the_period_ends() {
+fn the_successor_is_due_a_warm_up_and_the_edge_propagation_before_the_period_ends() {
     let t = Timings::default();
     let promoted = DAY;
     let (current, next) = current_and_next(0);
     let ring = KeyRing::new(vec![current.clone()]);
-    let due = promoted + t.period - t.warm_up;
+    // Seen everywhere and warm (`warm_at`) exactly when the period ends.
+    let due = promoted + t.period - t.warm_up - t.edge_propagation;
+    assert_eq!(t.warm_at(due), promoted + t.period);
     assert!(!stage_due(&ring, due - 1, &t));
     assert!(stage_due(&ring, due, &t));
     assert_eq!(promotion_due_at(&ring, &t), Some(promoted + t.period));
