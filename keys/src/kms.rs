@@ -180,7 +180,9 @@ pub struct KmsKeyStore {
 impl KmsKeyStore {
     /// `ring`: the alias prefix (check it with [`validate_ring`] first).
     /// `key_policy`: the policy of every key created (production passes the
-    /// signing key policy; without one, KMS applies its default policy).
+    /// signing key policy, whose `RotationStampsItsKeys` lets the rotation's
+    /// role tag the new key: its IAM policy tags only keys already in the
+    /// ring; without one, KMS applies its default policy).
     pub fn new(client: Client, ring: impl Into<String>, key_policy: Option<String>) -> Self {
         Self {
             client,
@@ -438,10 +440,11 @@ fn placeholder(key_id: &str, kid: Option<&String>) -> Jwk {
 #[async_trait]
 impl KeyStore for KmsKeyStore {
     /// Every key with a member alias or a state alias of the ring. A key
-    /// created by [`KeyStore::create_key`] whose member alias was never
-    /// created (the process died in between) is not found: that is
-    /// harmless, it was never staged, published or used. It costs its
-    /// monthly fee until deleted by hand (`create_key` logs its id).
+    /// that [`KeyStore::create_key`] created but did not finish (the
+    /// process died, or a call failed, after `CreateKey` or after the
+    /// tagging, before the member alias) is not found: that is harmless, it
+    /// was never staged, published or used. It costs its monthly fee until
+    /// deleted by hand (`create_key` logs its id as soon as KMS returns it).
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut slots: BTreeMap<String, BTreeSet<Slot>> = BTreeMap::new();
         let mut members = HashSet::new();
@@ -468,7 +471,19 @@ impl KeyStore for KmsKeyStore {
         Ok(out)
     }
 
+    /// `CreateKey` without tags, then `TagResource` (the ring and the
+    /// creation time), then the member alias. Tags passed to `CreateKey`
+    /// would need `kms:TagResource` in the role's IAM policy on every key of
+    /// the account (a key being created has no tag to condition on), and so
+    /// the power to tag any key into the ring; the key's own policy
+    /// (`RotationStampsItsKeys`) lets the role tag the new key, and it holds
+    /// from the moment the key exists. Tags before the alias: a key the ring
+    /// finds always carries the ring tag its IAM conditions need.
     async fn create_key(&self, now: u64) -> Result<String, StoreError> {
+        let tags = [
+            tag(RING_TAG, &self.ring)?,
+            tag(CREATED_TAG, now.to_string())?,
+        ];
         let created = self
             .client
             .create_key()
@@ -478,8 +493,6 @@ impl KeyStore for KmsKeyStore {
                 "aws2azure client assertion signing key (RS256), ring {}",
                 self.ring
             ))
-            .tags(tag(RING_TAG, &self.ring)?)
-            .tags(tag(CREATED_TAG, now.to_string())?)
             .set_policy(self.key_policy.clone())
             .send()
             .await
@@ -492,14 +505,25 @@ impl KeyStore for KmsKeyStore {
                 message: "KMS returned no key metadata".into(),
                 source: None,
             })?;
-        if let Err(e) = self.ensure_member(&key_id).await {
+        // Before anything else can fail or the process die: the id of a key
+        // that never joins the ring is in the log (see `keys`).
+        tracing::info!(key_id, ring = %self.ring, "created a signing key");
+        let not_in_ring = |e: StoreError| {
             tracing::warn!(
                 key_id,
-                "created a key but not its member alias: it is not part of the ring and was \
-                 never used; schedule its deletion by hand"
+                "created a key but could not make it part of the ring: it was never used; \
+                 schedule its deletion by hand"
             );
-            return Err(e);
-        }
+            e
+        };
+        self.client
+            .tag_resource()
+            .key_id(&key_id)
+            .set_tags(Some(tags.into()))
+            .send()
+            .await
+            .map_err(|e| not_in_ring(key_error("TagResource", &key_id, e)))?;
+        self.ensure_member(&key_id).await.map_err(not_in_ring)?;
         Ok(key_id)
     }
 

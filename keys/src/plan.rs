@@ -93,8 +93,10 @@ pub struct Promotion<'a> {
 
 /// K1's guard. `public` is the key set the issuer's discovery document leads
 /// to right now (`None`: it could not be read). Without `force` the next key
-/// must be served publicly now and have been first seen at least the warm-up
-/// ago. `force` skips K1 only, and says what that risks; it never skips the
+/// must be served publicly now and have been first seen at least the edge
+/// propagation plus the warm-up ago ([`Timings::warm_at`]): the sighting is
+/// through one edge location, and the others may serve the key up to the
+/// propagation later. `force` skips K1 only, and says what that risks; it never skips the
 /// structural checks (a next key exists and can sign, no previous key is
 /// still published).
 pub fn check_promote<'a>(
@@ -122,7 +124,7 @@ pub fn check_promote<'a>(
     if let Some(previous) = ring.previous() {
         let allowed_at = previous
             .stamp(Stamp::Demoted)
-            .map(|d| d + timings.previous_retention);
+            .map(|d| d.saturating_add(timings.previous_retention));
         return Err(Refusal::new(
             format!(
                 "the previous key {} is still published: retire it first (K2 allows that {})",
@@ -137,7 +139,7 @@ pub fn check_promote<'a>(
     }
     let listed = public.map(|kids| kids.iter().any(|k| k == next.jwk.kid()));
     let seen = next.stamp(Stamp::SeenPublic);
-    let warm_at = seen.map(|s| s + timings.warm_up);
+    let warm_at = seen.map(|s| timings.warm_at(s));
     let mut problems = Vec::new();
     match listed {
         None => problems.push(
@@ -152,14 +154,16 @@ pub fn check_promote<'a>(
     }
     match (seen, warm_at) {
         (Some(seen), Some(warm_at)) if now < warm_at => problems.push(format!(
-            "kid {} has been served publicly only since {} ({} s of the {} s warm-up): a relying \
-             party that cached the key set before then and does not refetch on an unknown kid \
-             (Entra does not document what it does) refuses assertions signed with it until its \
-             cache expires",
+            "kid {} was first seen publicly at {} ({} s of the {} s warm-up, which counts from \
+             when every edge location serves the key: the first sighting + {} s of edge \
+             propagation): a relying party that cached the key set before its edge location \
+             served the key and does not refetch on an unknown kid (Entra does not document \
+             what it does) refuses assertions signed with it until its cache expires",
             next.kid(),
             at(seen),
-            now.saturating_sub(seen),
-            timings.warm_up
+            now.saturating_sub(seen.saturating_add(timings.edge_propagation)),
+            timings.warm_up,
+            timings.edge_propagation
         )),
         (None, _) => problems.push(format!(
             "kid {} has never been seen in the public key set: nothing proves the edge serves it",
@@ -221,7 +225,7 @@ pub fn check_retire<'a>(
             None,
         ));
     };
-    let allowed_at = demoted + timings.previous_retention;
+    let allowed_at = demoted.saturating_add(timings.previous_retention);
     if now >= allowed_at {
         return Ok((previous, Vec::new()));
     }
@@ -265,7 +269,9 @@ pub fn stage_due(ring: &KeyRing, now: u64, timings: &Timings) -> bool {
 pub fn promotion_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
     match ring.current() {
         None => Some(0),
-        Some(current) => current.stamp(Stamp::Promoted).map(|p| p + timings.period),
+        Some(current) => current
+            .stamp(Stamp::Promoted)
+            .map(|p| p.saturating_add(timings.period)),
     }
 }
 
@@ -273,7 +279,7 @@ pub fn promotion_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
 pub fn retirement_due_at(ring: &KeyRing, timings: &Timings) -> Option<u64> {
     ring.previous()?
         .stamp(Stamp::Demoted)
-        .map(|d| d + timings.previous_retention)
+        .map(|d| d.saturating_add(timings.previous_retention))
 }
 
 /// What the public key set says about each key, as stamps to write.
@@ -387,7 +393,7 @@ fn next_step(ring: &KeyRing, key: &KeyRecord, now: u64, t: &Timings) -> (String,
             (None, _) => ("publish".into(), Some(now)),
             (Some(_), None) => ("wait until the public key set lists it".into(), None),
             (Some(_), Some(seen)) => {
-                let due = promotion_due_at(ring, t).unwrap_or(0).max(seen + t.warm_up);
+                let due = promotion_due_at(ring, t).unwrap_or(0).max(t.warm_at(seen));
                 ("promote to current".into(), Some(due))
             }
         },
@@ -396,7 +402,9 @@ fn next_step(ring: &KeyRing, key: &KeyRecord, now: u64, t: &Timings) -> (String,
                 let due = key.stamp(Stamp::Promoted).map(|p| t.stage_due(p));
                 ("stage its successor".into(), due)
             } else {
-                let due = key.stamp(Stamp::Promoted).map(|p| p + t.period);
+                let due = key
+                    .stamp(Stamp::Promoted)
+                    .map(|p| p.saturating_add(t.period));
                 (
                     "demote to previous (when its successor is promoted)".into(),
                     due,

@@ -263,13 +263,18 @@ pub fn for_roles(broker_role_arn: &str, rotation_role_arn: &str) -> Result<Strin
 ///   is the role's ARN for every session of the role, and absent, so the
 ///   Deny applies, for anything that is not an IAM principal).
 /// - `NoGrants`: a Deny of `kms:CreateGrant` to everyone.
-/// - `RotationManagesItsKeys`: the rotation's role may describe the key,
-///   read its public key and tags, tag it (`aws2azure:*` tags only) and
-///   point aliases at it. Its IAM policy grants the same on the ring's keys,
-///   but through the key's `aws2azure:ring` tag, and a tag may take minutes
-///   to count for authorization: the run that creates a key must be able to
-///   stamp it, alias it and publish it right away. Disabling and deleting
-///   are deliberately not here: they stay with the IAM policy, which allows
+/// - `RotationManagesItsKeys` / `RotationStampsItsKeys`: the rotation's role
+///   may describe the key, read its public key and tags, tag it
+///   (`aws2azure:*` tags only) and point aliases at it. Its IAM policy
+///   grants the same on the ring's keys, but through the key's
+///   `aws2azure:ring` tag, and a tag may take minutes to count for
+///   authorization: the run that creates a key must be able to stamp it,
+///   alias it and publish it right away. For the first tags this is the
+///   only way: the key is created without tags and IAM lets the role tag
+///   only keys that already carry the ring's tag (tagging at `CreateKey`
+///   would need `kms:TagResource` on every key of the account, and with it
+///   the power to tag any key into the ring). Disabling and deleting are
+///   deliberately not here: they stay with the IAM policy, which allows
 ///   them only on keys tagged retired (`aws:ResourceTag` exists in IAM
 ///   policies only, and an Allow here would suffice on its own). Nor is the
 ///   role denied `kms:PutKeyPolicy`: the lockout check would then refuse

@@ -160,7 +160,11 @@ impl Rotator {
         let overdue = ring
             .current()
             .and_then(|c| c.stamp(Stamp::Promoted))
-            .is_some_and(|p| now > p + self.timings.period + self.timings.warm_up);
+            .is_some_and(|p| {
+                now > p
+                    .saturating_add(self.timings.period)
+                    .saturating_add(self.timings.warm_up)
+            });
         let next_not_public_when_due = ring.next().is_some_and(|n| {
             let listed = public
                 .as_ref()

@@ -55,13 +55,25 @@ impl Timings {
 
     /// The last moment a key demoted at `demoted_at` can have signed.
     pub fn last_possible_use(&self, demoted_at: u64) -> u64 {
-        demoted_at + self.signer_resolve_interval
+        demoted_at.saturating_add(self.signer_resolve_interval)
     }
 
-    /// When the next key should be staged so that it is warm when the
-    /// current one's period ends.
+    /// When a key first seen publicly at `seen` has been served everywhere
+    /// for the warm-up: the sighting is through one edge location, and the
+    /// others may serve it up to the edge propagation later.
+    pub fn warm_at(&self, seen: u64) -> u64 {
+        seen.saturating_add(self.edge_propagation)
+            .saturating_add(self.warm_up)
+    }
+
+    /// When the next key should be staged so that it is warm (everywhere,
+    /// see [`Self::warm_at`]) when the current one's period ends.
     pub fn stage_due(&self, promoted_at: u64) -> u64 {
-        promoted_at + self.period.saturating_sub(self.warm_up)
+        promoted_at.saturating_add(
+            self.period
+                .saturating_sub(self.warm_up)
+                .saturating_sub(self.edge_propagation),
+        )
     }
 
     pub fn validate(&self) -> Result<(), Error> {

@@ -2,23 +2,23 @@
 //! lifecycle, checked in KMS itself and by the broker's signer, and a crash
 //! between any two steps, after which a rerun reaches the same end.
 
+#[path = "kms_rotation/recording.rs"]
+mod recording;
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use aws_sdk_kms::types::KeyState as KmsKeyState;
-use aws2azure_keys::cloudflare::PublishError;
-use aws2azure_keys::document::KeyDocument;
 use aws2azure_keys::kms::KmsKeyStore;
 use aws2azure_keys::publish::Publisher;
 use aws2azure_keys::ring::Usability;
 use aws2azure_keys::rotation::{Action, Report, Rotator};
-use aws2azure_keys::store::{KeyStore, StoreError};
+use aws2azure_keys::store::KeyStore;
 use aws2azure_keys::timings::DAY;
 use aws2azure_keys::{KeyRecord, KeyState, Slot, Stamp, Timings};
 use aws2azure_signer::clock::{Clock, ManualClock};
+use recording::{Recorder, RecordingPublisher, RecordingStore};
 use support::*;
 
 fn rotator(
@@ -113,8 +113,10 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
         Some(T0)
     );
 
-    // Warm: promoted.
-    clock.advance(DAY);
+    // Warm (every edge location may serve it only the propagation after
+    // this sighting, and the warm-up counts from then): promoted.
+    let t = Timings::default();
+    clock.advance(t.edge_propagation + t.warm_up);
     let report = rotate(&rotator).await;
     assert_eq!(promoted(&report), [(k1.kid().to_string(), None)]);
     assert_eq!(
@@ -157,8 +159,9 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
         kid: k2.kid().into()
     }));
 
-    // The period ends: k2 signs, k1 stays published as previous.
-    clock.advance(DAY);
+    // The period has ended and k2 is warm: k2 signs, k1 stays published as
+    // previous.
+    clock.advance(t.edge_propagation + t.warm_up);
     let report = rotate(&rotator).await;
     assert_eq!(
         promoted(&report),
@@ -245,180 +248,24 @@ async fn the_rotator_runs_a_whole_lifecycle_on_kms() {
     assert!(report.actions.is_empty(), "{report:?}");
 }
 
-/// Counts the mutating calls of a run (store and publisher) and makes the
-/// one after the first `crash_at` fail, as if the process died right before
-/// it (`after: false`) or right after KMS or the API accepted it (`after:
-/// true`). Logs every call that took effect, in order.
-struct Recorder {
-    crash_at: Option<usize>,
-    after: bool,
-    done: Mutex<usize>,
-    crashed: Mutex<bool>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-enum Gate {
-    Go,
-    CrashBefore,
-    CrashAfter,
-}
-
-impl Recorder {
-    fn new(crash_at: Option<usize>, after: bool, log: Arc<Mutex<Vec<String>>>) -> Arc<Self> {
-        Arc::new(Self {
-            crash_at,
-            after,
-            done: Mutex::new(0),
-            crashed: Mutex::new(false),
-            log,
-        })
-    }
-
-    fn gate(&self) -> Gate {
-        let mut done = self.done.lock().unwrap();
-        let mut crashed = self.crashed.lock().unwrap();
-        assert!(!*crashed, "a call after the crash");
-        if Some(*done) == self.crash_at {
-            *crashed = true;
-            return if self.after {
-                Gate::CrashAfter
-            } else {
-                Gate::CrashBefore
-            };
-        }
-        *done += 1;
-        Gate::Go
-    }
-
-    fn calls(&self) -> usize {
-        *self.done.lock().unwrap()
-    }
-
-    fn crashed(&self) -> bool {
-        *self.crashed.lock().unwrap()
-    }
-}
-
-fn died() -> StoreError {
-    StoreError::Service {
-        operation: "(test)",
-        message: "the process died here".into(),
-        source: None,
-    }
-}
-
-struct RecordingStore {
-    inner: Arc<KmsKeyStore>,
-    rec: Arc<Recorder>,
-}
-
-impl RecordingStore {
-    async fn mutate<T>(
-        &self,
-        call: String,
-        f: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let gate = self.rec.gate();
-        if let Gate::CrashBefore = gate {
-            return Err(died());
-        }
-        let out = f.await?;
-        self.rec.log.lock().unwrap().push(call);
-        match gate {
-            Gate::CrashAfter => Err(died()),
-            _ => Ok(out),
-        }
-    }
-}
-
-#[async_trait]
-impl KeyStore for RecordingStore {
-    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.keys().await
-    }
-
-    async fn create_key(&self, now: u64) -> Result<String, StoreError> {
-        let gate = self.rec.gate();
-        if let Gate::CrashBefore = gate {
-            return Err(died());
-        }
-        let id = self.inner.create_key(now).await?;
-        self.rec.log.lock().unwrap().push(format!("create {id}"));
-        match gate {
-            Gate::CrashAfter => Err(died()),
-            _ => Ok(id),
-        }
-    }
-
-    async fn point(&self, slot: Slot, key_id: &str) -> Result<(), StoreError> {
-        let call = format!("point {slot} {key_id}");
-        self.mutate(call, self.inner.point(slot, key_id)).await
-    }
-
-    async fn unpoint(&self, slot: Slot) -> Result<(), StoreError> {
-        self.mutate(format!("unpoint {slot}"), self.inner.unpoint(slot))
-            .await
-    }
-
-    async fn stamp(&self, key_id: &str, stamp: Stamp, at: u64) -> Result<(), StoreError> {
-        let call = format!("stamp {key_id} {}", stamp.tag());
-        self.mutate(call, self.inner.stamp(key_id, stamp, at)).await
-    }
-
-    async fn unstamp(&self, key_id: &str, stamp: Stamp) -> Result<(), StoreError> {
-        let call = format!("unstamp {key_id} {}", stamp.tag());
-        self.mutate(call, self.inner.unstamp(key_id, stamp)).await
-    }
-
-    async fn disable(&self, key_id: &str) -> Result<(), StoreError> {
-        self.mutate(format!("disable {key_id}"), self.inner.disable(key_id))
-            .await
-    }
-
-    async fn schedule_deletion(&self, key_id: &str, days: u32) -> Result<(), StoreError> {
-        let call = format!("schedule-deletion {key_id}");
-        self.mutate(call, self.inner.schedule_deletion(key_id, days))
-            .await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-struct RecordingPublisher {
-    edge: Arc<FakeEdge>,
-    rec: Arc<Recorder>,
-}
-
-#[async_trait]
-impl Publisher for RecordingPublisher {
-    async fn publish(&self, document: &KeyDocument) -> Result<(), PublishError> {
-        let gate = self.rec.gate();
-        let died = || PublishError::Server {
-            status: 599,
-            message: "the process died here".into(),
-            attempts: 1,
-        };
-        if let Gate::CrashBefore = gate {
-            return Err(died());
-        }
-        self.edge.publish(document).await?;
-        match gate {
-            Gate::CrashAfter => Err(died()),
-            _ => Ok(()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.edge.describe()
-    }
-}
-
 /// The schedule: `rotate` at these times (from T0). Covers staging, two
 /// promotions (the second demotes), a retirement, the unlisting, disabling
-/// and deletion, and a run with nothing to do.
-const SCHEDULE: [u64; 8] = [0, 0, DAY, 90 * DAY, 90 * DAY, 91 * DAY, 92 * DAY, 92 * DAY];
+/// and deletion, and a run with nothing to do. K1 lets a key sign the edge
+/// propagation plus the warm-up (a day) after its first sighting, so each
+/// promotion, and every step after it, comes that propagation later.
+fn schedule() -> [u64; 8] {
+    let p = Timings::default().edge_propagation;
+    [
+        0,
+        0,
+        DAY + p,
+        90 * DAY + p,
+        90 * DAY + p,
+        91 * DAY + 2 * p,
+        92 * DAY + 2 * p,
+        92 * DAY + 2 * p,
+    ]
+}
 
 /// A key as `keys()` lists it: (key, state, slots, stamps, usability).
 type ListedKey = (usize, KeyState, Vec<Slot>, BTreeMap<Stamp, u64>, Usability);
@@ -441,6 +288,9 @@ struct Run {
     log: Vec<String>,
     calls: usize,
     crashed_at_step: Option<usize>,
+    /// Keys a crash inside `create_key` left out of the ring, with the call
+    /// it died before.
+    stranded: Vec<(String, &'static str)>,
     end: EndState,
 }
 
@@ -448,24 +298,33 @@ struct Run {
 /// a fresh store and rotator (a new process) on the plain store, logging to
 /// the same log.
 async fn run(crash_at: Option<usize>, after: bool) -> Run {
-    let kms = kms().await;
+    let (proxy, _server, kms) = proxied_kms(true).await;
     let ring = unique_ring("crash");
     let log = Arc::new(Mutex::new(Vec::new()));
+    let stranded = Arc::new(Mutex::new(Vec::new()));
     let edge = FakeEdge::new(Some(log.clone()));
     let clock = ManualClock::at(T0);
+    let recording = |rec: &Arc<Recorder>| {
+        Arc::new(RecordingStore {
+            inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
+            rec: rec.clone(),
+            proxy: proxy.clone(),
+            kms: kms.clone(),
+            ring: ring.clone(),
+            stranded: stranded.clone(),
+        })
+    };
 
     let rec = Recorder::new(crash_at, after, log.clone());
-    let store = Arc::new(RecordingStore {
-        inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
-        rec: rec.clone(),
-    });
+    let store = recording(&rec);
     let publisher = Arc::new(RecordingPublisher {
         edge: edge.clone(),
         rec: rec.clone(),
     });
     let first = rotator(store, publisher, edge.clone(), &clock);
     let mut crashed_at_step = None;
-    for (step, at) in SCHEDULE.iter().enumerate() {
+    let schedule = schedule();
+    for (step, at) in schedule.iter().enumerate() {
         clock.set(T0 + at);
         let mut report = Report::default();
         if let Err(e) = first.rotate(&mut report).await {
@@ -479,16 +338,13 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
 
     if let Some(from) = crashed_at_step {
         let rec = Recorder::new(None, false, log.clone());
-        let store = Arc::new(RecordingStore {
-            inner: Arc::new(KmsKeyStore::new(kms.clone(), &ring, None)),
-            rec: rec.clone(),
-        });
+        let store = recording(&rec);
         let publisher = Arc::new(RecordingPublisher {
             edge: edge.clone(),
             rec,
         });
         let rerun = rotator(store, publisher, edge.clone(), &clock);
-        for at in &SCHEDULE[from..] {
+        for at in &schedule[from..] {
             clock.set(T0 + at);
             rotate(&rerun).await;
         }
@@ -496,12 +352,35 @@ async fn run(crash_at: Option<usize>, after: bool) -> Run {
 
     let log = log.lock().unwrap().clone();
     let end = end_state(&kms, &ring, &log, &edge).await;
+    let stranded = stranded.lock().unwrap().clone();
     Run {
         ring,
         log,
         calls: rec.calls(),
         crashed_at_step,
+        stranded,
         end,
+    }
+}
+
+/// A key a crash left inside `create_key` never joins the ring (`end_state`
+/// fails on any key of the ring the log does not show created), is never
+/// touched again, and carries the ring's tags exactly when the crash came
+/// after the tagging.
+async fn check_stranded(kms: &aws_sdk_kms::Client, run: &Run) {
+    for (key_id, died_before) in &run.stranded {
+        assert_eq!(key_state(kms, key_id).await, KmsKeyState::Enabled);
+        let tags = tags_of(kms, key_id).await;
+        let ring_tag = tags.get("aws2azure:ring");
+        match *died_before {
+            "TagResource" => assert!(tags.is_empty(), "{key_id}: {tags:?}"),
+            "CreateAlias" => assert_eq!(ring_tag, Some(&run.ring), "{key_id}: {tags:?}"),
+            other => panic!("died before {other}"),
+        }
+        assert!(
+            !aliases(kms, &run.ring).await.values().any(|t| t == key_id),
+            "{key_id} has an alias of the ring"
+        );
     }
 }
 
@@ -611,6 +490,7 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
     let kms = kms().await;
     let reference = run(None, false).await;
     assert_eq!(reference.crashed_at_step, None);
+    assert!(reference.stranded.is_empty());
     check_order(&kms, &reference).await;
     let end = &reference.end;
     // The uninterrupted end: the second key current, the first deleted.
@@ -640,6 +520,7 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
 
     // Four runs at a time: each has its own ring, and moto answers them
     // in parallel.
+    let mut stranded_before = BTreeMap::<&str, usize>::new();
     let mut cases: Vec<(usize, bool)> = [false, true]
         .into_iter()
         .flat_map(|after| (0..=calls).map(move |n| (n, after)))
@@ -664,7 +545,18 @@ async fn a_crash_between_any_two_steps_converges_on_the_same_end() {
                 "{context}"
             );
             check_order(&kms, &run).await;
+            check_stranded(&kms, &run).await;
+            for (_, call) in &run.stranded {
+                *stranded_before.entry(*call).or_default() += 1;
+            }
             assert_eq!(run.end, reference.end, "{context}: {:#?}", run.log);
         }
     }
+    // Each of the two keys the schedule creates, crashed before its
+    // tagging and before its alias, once each way (before the call, after
+    // the one before it).
+    assert_eq!(
+        stranded_before,
+        BTreeMap::from([("CreateAlias", 4), ("TagResource", 4)])
+    );
 }

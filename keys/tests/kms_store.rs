@@ -8,11 +8,9 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::types::KeyState as KmsKeyState;
 use aws2azure_devstack::fault_proxy::FaultProxy;
-use aws2azure_devstack::loopback;
-use aws2azure_devstack::moto::{MotoServer, create_signing_key, sdk_config_for};
+use aws2azure_devstack::moto::create_signing_key;
 use aws2azure_keys::kms::{KID_TAG, KmsKeyStore, validate_ring};
 use aws2azure_keys::ring::Usability;
 use aws2azure_keys::rotation::{Action, Report, Rotator};
@@ -32,15 +30,7 @@ fn slots(s: &[Slot]) -> BTreeSet<Slot> {
 /// A KMS client through a fault proxy in front of moto, without retries,
 /// so that an injected error reaches the store.
 async fn proxied() -> (FaultProxy, aws2azure_devstack::Server, aws_sdk_kms::Client) {
-    let proxy = FaultProxy::new(MotoServer::shared().endpoint());
-    let server = proxy.clone().serve(loopback()).await.unwrap();
-    let config = sdk_config_for(&server.url()).await;
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&config)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
-    (proxy, server, kms)
+    proxied_kms(false).await
 }
 
 #[tokio::test]
@@ -72,14 +62,13 @@ async fn the_store_keeps_the_ring_in_aliases_and_tags() {
         assert_eq!(key.kid(), kid_of(&kms, id).await);
         assert_eq!(key.jwk.bits(), 2048);
     }
-    let tags = kms.list_resource_tags().key_id(&k1).send().await.unwrap();
-    let tags: BTreeMap<_, _> = tags
-        .tags()
-        .iter()
-        .map(|t| (t.tag_key().to_string(), t.tag_value().to_string()))
-        .collect();
-    assert_eq!(tags["aws2azure:ring"], ring);
-    assert_eq!(tags["aws2azure:created-at"], T0.to_string());
+    assert_eq!(
+        tags_of(&kms, &k1).await,
+        BTreeMap::from([
+            ("aws2azure:ring".to_string(), ring.clone()),
+            ("aws2azure:created-at".to_string(), T0.to_string()),
+        ])
+    );
     let meta = kms.describe_key().key_id(&k1).send().await.unwrap();
     let meta = meta.key_metadata().unwrap();
     assert_eq!(
@@ -303,6 +292,115 @@ async fn a_throttled_create_key_changes_nothing_and_a_rerun_converges() {
         expected_aliases(&[("next", &keys[0].key_id)], &[&keys[0].key_id])
     );
     assert_eq!(edge.last_published(), [keys[0].kid().to_string()]);
+}
+
+/// `CreateKey` carries no tags (tags there would need `kms:TagResource` on
+/// every key of the account in the rotation role's IAM policy): the key is
+/// tagged by `TagResource` after it exists, then given its member alias. A
+/// refusal of either leaves a key that KMS made and the ring never finds,
+/// untagged or tagged without its alias; the next attempt makes a key that
+/// joins the ring, and the stranded ones stay out.
+#[tokio::test]
+async fn a_key_is_created_untagged_then_tagged_then_aliased() {
+    let (proxy, _server, kms) = proxied().await;
+    let ring = unique_ring("untagged");
+    let store = KmsKeyStore::new(kms.clone(), &ring, None);
+    let calls = |op: &str| proxy.calls(&format!("TrentService.{op}"));
+
+    // Tagging refused: the key has no tag at all, so CreateKey passed none.
+    let before = all_key_ids(&kms).await;
+    proxy.fail("TrentService.TagResource", "AccessDeniedException", 400, 1);
+    let err = store.create_key(T0).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Denied {
+                operation: "TagResource",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        (
+            calls("CreateKey"),
+            calls("TagResource"),
+            calls("CreateAlias")
+        ),
+        (1, 1, 0),
+        "no member alias before the tags"
+    );
+    let new = all_key_ids(&kms)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect::<Vec<_>>();
+    let untagged = created_for_ring(&kms, &ring, new).await;
+    assert_eq!(untagged.len(), 1, "{untagged:?}");
+    assert_eq!(
+        tags_of(&kms, &untagged[0]).await,
+        BTreeMap::new(),
+        "CreateKey passed tags"
+    );
+    assert_eq!(key_state(&kms, &untagged[0]).await, KmsKeyState::Enabled);
+
+    // The member alias refused: the key is tagged, but not a member.
+    let before = all_key_ids(&kms).await;
+    proxy.fail("TrentService.CreateAlias", "AccessDeniedException", 400, 1);
+    let err = store.create_key(T0 + 1).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Denied {
+                operation: "CreateAlias",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        (
+            calls("CreateKey"),
+            calls("TagResource"),
+            calls("CreateAlias")
+        ),
+        (2, 2, 1)
+    );
+    let new = all_key_ids(&kms)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect::<Vec<_>>();
+    let unaliased = created_for_ring(&kms, &ring, new).await;
+    assert_eq!(unaliased.len(), 1, "{unaliased:?}");
+    assert_eq!(
+        tags_of(&kms, &unaliased[0]).await,
+        BTreeMap::from([
+            ("aws2azure:ring".to_string(), ring.clone()),
+            ("aws2azure:created-at".to_string(), (T0 + 1).to_string()),
+        ])
+    );
+
+    assert!(store.keys().await.unwrap().is_empty());
+    assert!(aliases(&kms, &ring).await.is_empty());
+
+    let key = store.create_key(T0 + 2).await.unwrap();
+    assert_eq!(
+        (
+            calls("CreateKey"),
+            calls("TagResource"),
+            calls("CreateAlias")
+        ),
+        (3, 3, 2)
+    );
+    let keys = store.keys().await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(),
+        [key.as_str()]
+    );
+    assert_eq!(keys[0].created_at, T0 + 2);
+    assert_eq!(keys[0].state(), KeyState::Unstaged);
+    assert_eq!(aliases(&kms, &ring).await, expected_aliases(&[], &[&key]));
 }
 
 #[tokio::test]

@@ -17,8 +17,10 @@
 //!   beyond the ones it had before the rotation came (its signing rights
 //!   come from each key's policy);
 //! - the rotation's role never signs, grants, rewrites a key policy or
-//!   passes a role, touches only keys of its ring, disables and deletes only
-//!   keys stamped retired, names only the stack's aliases and reads only the
+//!   passes a role, creates only RSA signing keys, touches (tags included)
+//!   only keys that already carry its ring's tag (a new key gets its tags
+//!   through the key's own policy), disables and deletes only keys stamped
+//!   retired, names only the stack's aliases and reads only the
 //!   Cloudflare token's secret; one rotation runs at a time; every alarm
 //!   notifies the alarm topic through its condition
 //!   (`template_security/rotation.rs`).

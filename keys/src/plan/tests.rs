@@ -143,7 +143,11 @@ fn next_and_unstaged_keys_need_no_stamp() {
 #[test]
 fn a_next_key_served_for_the_whole_warm_up_is_promoted_without_risk() {
     let t = Timings::default();
-    let (current, next) = current_and_next(NOW - t.warm_up);
+    // Exactly at the boundary: every edge location has served it (the
+    // propagation after the first sighting) for the whole warm-up.
+    let seen = NOW - t.edge_propagation - t.warm_up;
+    assert_eq!(t.warm_at(seen), NOW);
+    let (current, next) = current_and_next(seen);
     let ring = KeyRing::new(vec![current, next]);
     let public = kids(&[ring.current().unwrap(), ring.next().unwrap()]);
     let p = check_promote(&ring, NOW, &t, Some(&public), false).unwrap();
@@ -158,14 +162,17 @@ fn the_first_key_is_promoted_with_nothing_to_demote() {
     let next = key("nxt", 0, &[Slot::Next], &[(Stamp::SeenPublic, 0)]);
     let ring = KeyRing::new(vec![next]);
     let public = kids(&[ring.next().unwrap()]);
-    let p = check_promote(&ring, t.warm_up, &t, Some(&public), false).unwrap();
+    let p = check_promote(&ring, t.warm_at(0), &t, Some(&public), false).unwrap();
     assert_eq!(p.current, None);
 }
 
 #[test]
 fn k1_refuses_a_key_one_second_short_of_its_warm_up_and_says_when() {
     let t = Timings::default();
-    let seen = NOW - t.warm_up + 1;
+    // Served through the location the check read for longer than the
+    // warm-up, but the others may have served it only the propagation later.
+    let seen = NOW - t.edge_propagation - t.warm_up + 1;
+    assert_eq!(t.warm_at(seen), NOW + 1);
     let (current, next) = current_and_next(seen);
     let ring = KeyRing::new(vec![current, next]);
     let public = kids(&[ring.current().unwrap(), ring.next().unwrap()]);
@@ -178,11 +185,26 @@ fn k1_refuses_a_key_one_second_short_of_its_warm_up_and_says_when() {
     assert!(refusal.reason.contains("warm-up"), "{}", refusal.reason);
     assert!(refusal.reason.contains("--force"), "{}", refusal.reason);
     assert!(
-        refusal.reason.contains(&at(seen + t.warm_up)),
+        refusal
+            .reason
+            .contains(&format!("after {}", at(t.warm_at(seen)))),
         "{}",
         refusal.reason
     );
-    assert_eq!(refusal.allowed_at, Some(seen + t.warm_up));
+    assert_eq!(refusal.allowed_at, Some(t.warm_at(seen)));
+    // The count it gives is of the warm-up proper, which starts once every
+    // edge location serves the key.
+    assert!(
+        refusal.reason.contains(&format!(
+            "({} s of the {} s warm-up, which counts from when every edge location serves the \
+             key: the first sighting + {} s of edge propagation)",
+            t.warm_up - 1,
+            t.warm_up,
+            t.edge_propagation
+        )),
+        "{}",
+        refusal.reason
+    );
 
     let forced = check_promote(&ring, NOW, &t, Some(&public), true).unwrap();
     assert_eq!(forced.risks.len(), 1, "{:?}", forced.risks);
@@ -407,12 +429,14 @@ fn the_first_key_is_due_at_once() {
 }
 
 #[test]
-fn the_successor_is_due_a_warm_up_before_the_period_ends() {
+fn the_successor_is_due_a_warm_up_and_the_edge_propagation_before_the_period_ends() {
     let t = Timings::default();
     let promoted = DAY;
     let (current, next) = current_and_next(0);
     let ring = KeyRing::new(vec![current.clone()]);
-    let due = promoted + t.period - t.warm_up;
+    // Seen everywhere and warm (`warm_at`) exactly when the period ends.
+    let due = promoted + t.period - t.warm_up - t.edge_propagation;
+    assert_eq!(t.warm_at(due), promoted + t.period);
     assert!(!stage_due(&ring, due - 1, &t));
     assert!(stage_due(&ring, due, &t));
     assert_eq!(promotion_due_at(&ring, &t), Some(promoted + t.period));
@@ -611,7 +635,10 @@ fn status_of_a_next_key_follows_its_publication() {
             &[Slot::Next],
             &[(Stamp::Published, 1), (Stamp::SeenPublic, NOW)]
         )),
-        ("promote to current".into(), Some(NOW + t.warm_up))
+        (
+            "promote to current".into(),
+            Some(NOW + t.edge_propagation + t.warm_up)
+        )
     );
 }
 

@@ -120,7 +120,9 @@ async fn the_first_key_is_published_at_once_and_signs_only_after_the_warm_up() {
         "{report:?}"
     );
 
-    w.clock.advance(t.warm_up - 1);
+    // Seen at once (no delay here), so warm once every edge location may
+    // have served it for the warm-up.
+    w.clock.advance(t.edge_propagation + t.warm_up - 1);
     let report = w.rotate().await;
     assert_eq!(report.actions, vec![]);
     assert!(report.waiting[0].contains("warm-up"), "{report:?}");
@@ -136,7 +138,8 @@ async fn the_first_key_is_published_at_once_and_signs_only_after_the_warm_up() {
 
 #[tokio::test]
 async fn a_promotion_is_published_before_any_alias_moves() {
-    let w = World::new(Timings::default());
+    let t = Timings::default();
+    let w = World::new(t);
     w.with_current_and_staged_next().await;
     let old = w.kid(KeyState::Current).await;
     let new = w.kid(KeyState::Next).await;
@@ -148,7 +151,7 @@ async fn a_promotion_is_published_before_any_alias_moves() {
         .unstamp(&next_id, Stamp::Published)
         .await
         .unwrap();
-    w.clock.advance(Timings::default().warm_up);
+    w.clock.advance(t.edge_propagation + t.warm_up);
     w.events();
 
     let mut report = Report::default();
@@ -184,7 +187,7 @@ async fn a_retirement_stamps_first_and_publishes_after_the_alias_goes() {
     let t = Timings::default();
     let w = World::new(t);
     w.with_current_and_staged_next().await;
-    w.clock.advance(t.warm_up);
+    w.clock.advance(t.edge_propagation + t.warm_up);
     let mut report = Report::default();
     w.rotator.promote(false, &mut report).await.unwrap();
     let old = w.kid(KeyState::Previous).await;
@@ -254,11 +257,11 @@ async fn refusals_name_the_invariant_the_cause_and_what_to_do() {
     );
 
     w.rotate().await;
-    w.clock.advance(t.warm_up);
+    w.clock.advance(t.edge_propagation + t.warm_up);
     w.rotate().await;
     w.rotator.stage(&mut report).await.unwrap();
     w.rotate().await;
-    w.clock.advance(t.warm_up);
+    w.clock.advance(t.edge_propagation + t.warm_up);
     w.rotator.promote(false, &mut report).await.unwrap();
     let previous = w.kid(KeyState::Previous).await;
 
@@ -299,7 +302,8 @@ async fn an_unreadable_public_set_is_reported_and_blocks_the_promotion_only() {
     w.rotate().await;
     w.clock.advance(60);
     w.rotate().await;
-    w.clock.advance(t.warm_up);
+    // Warm: only the unreadable set stands in the way.
+    w.clock.advance(t.edge_propagation + t.warm_up);
     w.edge.set_down(true);
     let report = w.rotate().await;
     assert!(
@@ -361,9 +365,11 @@ async fn the_warm_up_counts_from_when_the_edge_serves_the_key_not_from_the_write
         w.ring().await.next().unwrap().stamp(Stamp::SeenPublic),
         Some(seen)
     );
-    w.clock.set(seen + t.warm_up - 1);
+    // This edge is one location; others may serve the key up to the
+    // propagation after it, so K1 waits for that too.
+    w.clock.set(seen + t.edge_propagation + t.warm_up - 1);
     assert!(w.ring().await.current().is_none() && w.rotate().await.waiting[0].contains("warm-up"));
-    w.clock.set(seen + t.warm_up);
+    w.clock.set(seen + t.edge_propagation + t.warm_up);
     w.rotate().await;
     assert_eq!(w.kid(KeyState::Current).await, kid);
 }
@@ -387,7 +393,7 @@ async fn a_next_key_lost_from_the_edge_starts_its_warm_up_again() {
         "lost, republished, seen again: {report:?}"
     );
     let relisted = w.clock.now_unix();
-    w.clock.set(relisted + t.warm_up - 1);
+    w.clock.set(t.warm_at(relisted) - 1);
     let mut report = Report::default();
     let message = refusal(w.rotator.promote(false, &mut report).await);
     assert!(message.contains("warm-up"), "{message}");
@@ -434,7 +440,7 @@ async fn a_promotion_cut_short_is_finished_by_the_next_run() {
     w.with_current_and_staged_next().await;
     let old = w.kid(KeyState::Current).await;
     let new = w.kid(KeyState::Next).await;
-    w.clock.advance(t.warm_up);
+    w.clock.advance(t.edge_propagation + t.warm_up);
     // The re-publication, then `previous` and `current` move; dies before
     // `next` is removed.
     w.store.fail_after(Some(2));

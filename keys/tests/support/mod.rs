@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use aws2azure_devstack::moto::MotoServer;
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws2azure_devstack::fault_proxy::FaultProxy;
+use aws2azure_devstack::loopback;
+use aws2azure_devstack::moto::{MotoServer, sdk_config_for};
 use aws2azure_keys::cloudflare::PublishError;
 use aws2azure_keys::document::KeyDocument;
 use aws2azure_keys::public::{PublicError, PublicKeySet};
@@ -27,6 +30,85 @@ pub const T0: u64 = 1_700_000_000;
 
 pub async fn kms() -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::new(&MotoServer::shared().sdk_config().await)
+}
+
+/// A KMS client through a fault proxy in front of moto. Without `retries`,
+/// an injected throttling or 5xx reaches the caller as it is; errors the
+/// SDK never retries (`AccessDeniedException`) reach it either way.
+pub async fn proxied_kms(
+    retries: bool,
+) -> (FaultProxy, aws2azure_devstack::Server, aws_sdk_kms::Client) {
+    let proxy = FaultProxy::new(MotoServer::shared().endpoint());
+    let server = proxy.clone().serve(loopback()).await.unwrap();
+    let config = sdk_config_for(&server.url()).await;
+    let mut builder = aws_sdk_kms::config::Builder::from(&config);
+    if !retries {
+        builder = builder.retry_config(RetryConfig::disabled());
+    }
+    (
+        proxy,
+        server,
+        aws_sdk_kms::Client::from_conf(builder.build()),
+    )
+}
+
+/// Every key id of the account in moto (all tests of the binary share it).
+pub async fn all_key_ids(kms: &aws_sdk_kms::Client) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut marker = None;
+    loop {
+        let page = kms
+            .list_keys()
+            .limit(1000)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .unwrap();
+        out.extend(
+            page.keys()
+                .iter()
+                .filter_map(|k| k.key_id())
+                .map(String::from),
+        );
+        match page.next_marker() {
+            Some(next) if page.truncated() => marker = Some(next.to_string()),
+            _ => return out,
+        }
+    }
+}
+
+/// The keys among `candidates` that `KmsKeyStore::create_key` made for
+/// `ring`, found by their description: for keys that never joined the ring
+/// and so have no alias to find them by.
+pub async fn created_for_ring(
+    kms: &aws_sdk_kms::Client,
+    ring: &str,
+    candidates: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let description = format!("aws2azure client assertion signing key (RS256), ring {ring}");
+    let mut out = vec![];
+    for id in candidates {
+        let described = kms.describe_key().key_id(&id).send().await.unwrap();
+        if described.key_metadata().and_then(|m| m.description()) == Some(description.as_str()) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// The key's tags: key → value.
+pub async fn tags_of(kms: &aws_sdk_kms::Client, key_id: &str) -> BTreeMap<String, String> {
+    let out = kms
+        .list_resource_tags()
+        .key_id(key_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(!out.truncated(), "more tags than one page");
+    out.tags()
+        .iter()
+        .map(|t| (t.tag_key().to_string(), t.tag_value().to_string()))
+        .collect()
 }
 
 /// A ring name no other test (or earlier run against the same moto) uses.

@@ -50,9 +50,19 @@ fn on_ring_keys(statement: &Value) -> bool {
     condition(statement, "StringEquals", "aws:ResourceTag/aws2azure:ring") == Some(&stack_name())
 }
 
-/// The request must tag with this stack's ring.
-fn tags_the_ring(statement: &Value) -> bool {
-    condition(statement, "StringEquals", "aws:RequestTag/aws2azure:ring") == Some(&stack_name())
+/// `StringEquals` `key` is exactly `value`: one value, so the condition
+/// admits nothing else.
+fn equals_only(statement: &Value, key: &str, value: &str) -> bool {
+    condition(statement, "StringEquals", key)
+        .is_some_and(|v| matches!(items(v)[..], [only] if only == value))
+}
+
+/// `kms:CreateKey` makes RSA 2048 signing keys only. (It carries no tags:
+/// tags there would need `kms:TagResource` on keys with no tag yet, which
+/// the tagging check refuses.)
+fn creates_signing_keys_only(statement: &Value) -> bool {
+    equals_only(statement, "kms:KeySpec", "RSA_2048")
+        && equals_only(statement, "kms:KeyUsage", "SIGN_VERIFY")
 }
 
 /// Every tag key of the request is an `aws2azure:` one.
@@ -105,15 +115,11 @@ pub(super) fn rotation_policies(template: &Value, role: &str, found: &mut Vec<St
                 }
                 let is = |list: &[&str]| list.iter().any(|a| a.eq_ignore_ascii_case(action));
                 if action.eq_ignore_ascii_case("kms:CreateKey") {
-                    if !tags_the_ring(statement) {
+                    if !creates_signing_keys_only(statement) {
                         found.push(format!(
-                            "{at}: kms:CreateKey without the ring's request tag \
-                             (aws:RequestTag/aws2azure:ring = stack name)"
-                        ));
-                    }
-                    if !only_own_tag_keys(statement) {
-                        found.push(format!(
-                            "{at}: kms:CreateKey with tags other than aws2azure:"
+                            "{at}: kms:CreateKey of keys other than RSA signing keys \
+                             (StringEquals kms:KeySpec = RSA_2048 and kms:KeyUsage = \
+                             SIGN_VERIFY)"
                         ));
                     }
                 } else if action.eq_ignore_ascii_case("kms:ListAliases") {
@@ -142,13 +148,16 @@ pub(super) fn rotation_policies(template: &Value, role: &str, found: &mut Vec<St
                     }
                 } else if is(&RING_KEY_ACTIONS) {
                     let tagging = is(&["kms:TagResource", "kms:UntagResource"]);
-                    // A new key has no tag yet: tagging it at creation is
-                    // scoped by the tag the request sets.
-                    let scoped = on_ring_keys(statement)
-                        || (action.eq_ignore_ascii_case("kms:TagResource")
-                            && tags_the_ring(statement));
-                    if !on_keys(statement) || !scoped {
-                        found.push(format!("{at}: {action} beyond the ring's keys"));
+                    // Only on a key that already carries the ring's tag, for
+                    // tagging too: a key with no tag (a new one, or any
+                    // other key of the account) could otherwise be tagged
+                    // into the ring, stamped retired and deleted. The
+                    // rotation tags its new keys through their key policy.
+                    if !on_keys(statement) || !on_ring_keys(statement) {
+                        found.push(format!(
+                            "{at}: {action} beyond the ring's keys (only on {KEYS} with \
+                             StringEquals aws:ResourceTag/aws2azure:ring = stack name)"
+                        ));
                     }
                     if tagging && !only_own_tag_keys(statement) {
                         found.push(format!("{at}: {action} of tags other than aws2azure:"));
@@ -338,23 +347,75 @@ fn disabling_and_deletion_need_the_retired_stamp() {
 }
 
 #[test]
-fn keys_are_created_and_tagged_in_the_ring_only() {
-    fails_with("kms:CreateKey without the ring's request tag", |t| {
+fn keys_are_created_as_rsa_signing_keys_only() {
+    let other_keys = "CreateRingKeys: kms:CreateKey of keys other than RSA signing keys";
+    fails_with(other_keys, |t| {
         rotation_statement(t, "CreateRingKeys")["Condition"]["StringEquals"]
             .as_object_mut()
             .unwrap()
-            .remove("aws:RequestTag/aws2azure:ring");
+            .remove("kms:KeySpec");
     });
-    fails_with("kms:CreateKey with tags other than aws2azure:", |t| {
-        rotation_statement(t, "CreateRingKeys")["Condition"]["ForAllValues:StringLike"]["aws:TagKeys"] =
-            json!(["aws2azure:*", "*"]);
+    fails_with(other_keys, |t| {
+        rotation_statement(t, "CreateRingKeys")["Condition"]["StringEquals"]["kms:KeyUsage"] =
+            json!("ENCRYPT_DECRYPT");
     });
-    fails_with("kms:CreateKey with tags other than aws2azure:", |t| {
-        rotation_statement(t, "CreateRingKeys")["Condition"]
+    fails_with(other_keys, |t| {
+        rotation_statement(t, "CreateRingKeys")["Condition"]["StringEquals"]["kms:KeySpec"] =
+            json!(["RSA_2048", "RSA_4096"]);
+    });
+    fails_with(other_keys, |t| {
+        let statement = rotation_statement(t, "CreateRingKeys");
+        statement["Condition"] = json!({"StringLike": statement["Condition"]["StringEquals"]});
+    });
+    fails_with(other_keys, |t| {
+        rotation_statement(t, "CreateRingKeys")
             .as_object_mut()
             .unwrap()
-            .remove("ForAllValues:StringLike");
+            .remove("Condition");
     });
+}
+
+/// `TagNewRingKeys` as it was: `kms:TagResource` on every key of the account
+/// whenever the request sets the ring's tag, which `CreateKey` with tags
+/// needs. It would let the role tag any key into its ring.
+fn tag_new_ring_keys() -> Value {
+    json!({
+        "Sid": "TagNewRingKeys",
+        "Effect": "Allow",
+        "Action": "kms:TagResource",
+        "Resource": {"Fn::Sub": KEYS},
+        "Condition": {
+            "StringEquals": {
+                "aws:RequestTag/aws2azure:ring": {"Ref": "AWS::StackName"},
+                "kms:KeySpec": "RSA_2048",
+                "kms:KeyUsage": "SIGN_VERIFY",
+            },
+            "ForAllValues:StringLike": {"aws:TagKeys": ["aws2azure:*"]},
+        },
+    })
+}
+
+#[test]
+fn keys_are_tagged_only_once_they_carry_the_ring_tag() {
+    fails_with(
+        "TagNewRingKeys: kms:TagResource beyond the ring's keys",
+        |t| add_statement(t, tag_new_ring_keys()),
+    );
+    // A request tag is no substitute for the key's own tag, even beside it
+    // under another operator.
+    fails_with(
+        "StampRingKeys: kms:TagResource beyond the ring's keys",
+        |t| {
+            let conditions = &mut rotation_statement(t, "StampRingKeys")["Condition"];
+            let ring = conditions["StringEquals"]
+                .as_object_mut()
+                .unwrap()
+                .remove("aws:ResourceTag/aws2azure:ring")
+                .unwrap();
+            conditions["StringEquals"]["aws:RequestTag/aws2azure:ring"] = ring.clone();
+            conditions["StringEqualsIfExists"] = json!({"aws:ResourceTag/aws2azure:ring": ring});
+        },
+    );
     fails_with(
         "StampRingKeys: kms:UntagResource beyond the ring's keys",
         |t| {
@@ -365,20 +426,24 @@ fn keys_are_created_and_tagged_in_the_ring_only() {
         },
     );
     fails_with(
-        "TagNewRingKeys: kms:TagResource beyond the ring's keys",
+        "StampRingKeys: kms:TagResource beyond the ring's keys",
         |t| {
-            rotation_statement(t, "TagNewRingKeys")["Condition"]["StringEquals"]
-                .as_object_mut()
-                .unwrap()
-                .remove("aws:RequestTag/aws2azure:ring");
+            rotation_statement(t, "StampRingKeys")["Resource"] = json!("*");
         },
     );
     fails_with("kms:TagResource of tags other than aws2azure:", |t| {
-        rotation_statement(t, "TagNewRingKeys")["Condition"]
+        rotation_statement(t, "StampRingKeys")["Condition"]
             .as_object_mut()
             .unwrap()
             .remove("ForAllValues:StringLike");
     });
+    fails_with(
+        "CreateRingKeys: kms:TagResource beyond the ring's keys",
+        |t| {
+            rotation_statement(t, "CreateRingKeys")["Action"] =
+                json!(["kms:CreateKey", "kms:TagResource"]);
+        },
+    );
     fails_with(
         "ReadRingKeys: kms:GetPublicKey beyond the ring's keys",
         |t| {
