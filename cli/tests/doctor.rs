@@ -302,6 +302,18 @@ fn keys_export_publishes_the_public_half_of_a_pem_key() {
         !String::from_utf8_lossy(&out.stdout).contains("\"d\""),
         "no private member"
     );
-    let out = Command::new(BIN).args(["keys", "export"]).output().unwrap();
+    // Without --kms-key or --pem: the ring's document, which needs AWS
+    // credentials; none here is a setup problem (exit 2), named as such.
+    let out = Command::new(BIN)
+        .args(["keys", "export"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AWS credentials"), "{err}");
+    assert!(err.lines().count() <= 2, "one short message: {err}");
 }

@@ -70,7 +70,11 @@ async fn rotator(args: &RingArgs) -> Result<Rotator, Error> {
     if let Some(region) = &args.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    let kms = aws_sdk_kms::Client::new(&loader.load().await);
+    let aws = loader.load().await;
+    // Checked before any KMS call: without credentials every call fails
+    // with the whole provider chain's story instead of this one line.
+    credentials_or_usage(&aws).await?;
+    let kms = aws_sdk_kms::Client::new(&aws);
     let key_policy = match (&args.broker_role_arn, &args.rotation_role_arn) {
         (Some(broker), Some(rotation)) => {
             Some(policy::for_roles(broker, rotation).map_err(aws2azure_keys::Error::from)?)
@@ -119,6 +123,25 @@ async fn rotator(args: &RingArgs) -> Result<Rotator, Error> {
         timings(args),
     )
     .map_err(Error::from)
+}
+
+async fn credentials_or_usage(aws: &aws_config::SdkConfig) -> Result<(), Error> {
+    use aws_credential_types::provider::ProvideCredentials as _;
+    let Some(provider) = aws.credentials_provider() else {
+        return Err(Error::Credentials(
+            "no AWS credentials provider is configured".into(),
+        ));
+    };
+    provider
+        .provide_credentials()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Credentials(format!(
+                "{e}: configure credentials for the ring's account (AWS_PROFILE, `aws sso login`, \
+             or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            ))
+        })
 }
 
 pub async fn status(args: &RingArgs) -> Result<ExitCode, Error> {
