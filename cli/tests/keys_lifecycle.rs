@@ -183,14 +183,11 @@ async fn the_lifecycle_from_the_command_line_with_its_guards() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["error"], Value::Null);
-    assert_eq!(
-        report["report"]["actions"][0]["action"], "staged",
-        "{report}"
-    );
-    let second = report["report"]["actions"][0]["kid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Published first, then staged: publication before the alias moves.
+    let actions = report["report"]["actions"].as_array().unwrap();
+    let kinds: Vec<&Value> = actions.iter().map(|a| &a["action"]).collect();
+    assert_eq!(kinds, ["published", "staged"], "{report}");
+    let second = actions[1]["kid"].as_str().unwrap().to_string();
     let out = rig.keys(&["rotate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
