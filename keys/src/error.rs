@@ -11,9 +11,15 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
 
+    /// Every step publishes before it moves an alias that needs the new
+    /// document (a key is pointed at as next only once it is published);
+    /// the publications after a promotion or a retirement only reorder or
+    /// shrink the document, so the one the edge keeps still lists every key
+    /// that may sign.
     #[error(
-        "publishing the key document failed, and no alias was moved: {0}; the edge keeps \
-         serving the document it had"
+        "publishing the key document failed: {0}; the edge keeps serving the document it had, \
+         which lists every key that may sign; rerun `aws2azure keys rotate` (or wait for the \
+         next scheduled run) to publish it"
     )]
     Publish(#[from] PublishError),
 

@@ -50,13 +50,21 @@ async fn a_kms_signed_assertion_is_validated_against_the_wasm_edge() {
         (1, 1, 1)
     );
 
-    // The Worker saw Entra's two fetches and served them from KV.
-    let paths: Vec<String> = edge
-        .logs()
-        .iter()
-        .filter(|l| l["status"] == 200)
-        .map(|l| l["path"].as_str().unwrap_or_default().to_string())
-        .collect();
+    // The Worker saw Entra's two fetches and served them from KV. A log
+    // line can arrive a little after its response (later still on a busy
+    // machine): wait for both, then check.
+    let served = || -> Vec<String> {
+        edge.logs()
+            .iter()
+            .filter(|l| l["status"] == 200)
+            .map(|l| l["path"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let waited = std::time::Instant::now();
+    while served().len() < 2 && waited.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let paths = served();
     assert!(
         paths.contains(&"/.well-known/openid-configuration".to_string()),
         "{paths:?}"
