@@ -97,7 +97,10 @@ async fn a_failed_publication_while_staging_moves_no_alias(op: Op) {
     let (result, report) = run(&mut Report::default()).await;
     let err = result.expect_err("the publication fails");
     assert!(matches!(err, Error::Publish(_)), "{op:?}: {err}");
-    assert!(err.to_string().contains("lists every key that may sign"), "{err}");
+    assert!(
+        err.to_string().contains("lists every key that may sign"),
+        "{err}"
+    );
     let ring = KeyRing::new(store.keys().await.unwrap());
     assert_eq!(ring.keys().len(), 1, "{op:?}");
     assert_eq!(ring.keys()[0].state(), KeyState::Unstaged, "{op:?}");
