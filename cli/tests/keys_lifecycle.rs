@@ -7,9 +7,11 @@
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws2azure_devstack::cloudflare::{self, CloudflareConfig, CloudflareStandIn, Fault};
 use aws2azure_devstack::edge_server::EdgeServer;
+use aws2azure_devstack::fault_proxy::FaultProxy;
 use aws2azure_devstack::moto::{self, MotoServer};
 use aws2azure_devstack::{Server, loopback};
 use aws2azure_shared::jwk::JwkSet;
@@ -23,6 +25,8 @@ struct Rig {
     cloudflare: Server,
     stand_in: CloudflareStandIn,
     ring: String,
+    /// Where the command's AWS calls go: moto, or a fault proxy in front.
+    aws_endpoint: String,
 }
 
 impl Rig {
@@ -42,6 +46,7 @@ impl Rig {
             cloudflare,
             stand_in,
             ring: format!("{ring}-{}", fastrand::u32(..)),
+            aws_endpoint: MotoServer::shared().endpoint(),
         }
     }
 
@@ -52,12 +57,22 @@ impl Rig {
     }
 
     fn keys_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self.command(args, env).output().unwrap();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
+            "the API token leaked:\n{stdout}\n{stderr}"
+        );
+        out
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("keys")
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL", MotoServer::shared().endpoint())
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
             .env("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", moto::SECRET_ACCESS_KEY)
             .env("AWS_REGION", moto::REGION)
@@ -79,13 +94,64 @@ impl Rig {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(
-            !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
-            "the API token leaked:\n{stdout}\n{stderr}"
-        );
-        out
+        cmd
+    }
+
+    /// Runs `aws2azure keys ARGS` with the `nth` call (1-based) of the KMS
+    /// operation `target` held back at the proxy, and kills the process
+    /// (SIGKILL: no cleanup of any kind) while that call is held: the call
+    /// never reaches KMS, so the process dies between the step before it and
+    /// that step. Returns whether the call was reached (a run that needs no
+    /// such call finishes normally).
+    async fn killed_before(
+        &self,
+        proxy: &FaultProxy,
+        args: &[&str],
+        target: &str,
+        nth: usize,
+    ) -> bool {
+        let seen = proxy.calls(target);
+        if nth > 1 {
+            proxy.delay(target, Duration::ZERO, nth - 1);
+        }
+        proxy.delay(target, Duration::from_secs(30), 1);
+        let mut child = self
+            .command(args, &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let reached = loop {
+            if proxy.calls(target) >= seen + nth as u64 {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        if !reached {
+            // Nothing was held: drop the delays this run did not use.
+            proxy.clear_delays();
+        }
+        reached
+    }
+
+    /// Nothing half-done: every key an alias names is in the document the
+    /// edge serves (publication always comes before the alias moves).
+    async fn assert_every_aliased_key_is_served(&self, after: &str) {
+        let served = self.served_kids().await;
+        for (state, kid) in states(&status_json(self)) {
+            if matches!(state.as_str(), "next" | "current" | "previous") {
+                assert!(
+                    served.contains(&kid),
+                    "{after}: the {state} key {kid} is not served ({served:?})"
+                );
+            }
+        }
     }
 
     async fn served_kids(&self) -> Vec<String> {
@@ -284,4 +350,97 @@ async fn a_refused_token_or_bad_settings_change_nothing() {
     );
     assert_eq!(rig.served_kids().await, served);
     assert_eq!(states(&status_json(&rig)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_between_any_two_steps_leaves_nothing_half_done_and_the_rerun_converges() {
+    let mut rig = Rig::start("cli-killed").await;
+    let proxy = FaultProxy::new(MotoServer::shared().endpoint());
+    let proxy_server = proxy.clone().serve(loopback()).await.unwrap();
+    rig.aws_endpoint = proxy_server.url();
+
+    // `stage`: create, tag, member alias, (publish), point `next`. Killed
+    // before each of its KMS calls, each in a ring of its own.
+    let stage_steps = [
+        ("TrentService.CreateKey", 1),
+        ("TrentService.TagResource", 1),
+        ("TrentService.CreateAlias", 1),
+        ("TrentService.UpdateAlias", 1),
+        ("TrentService.CreateAlias", 2),
+    ];
+    for (target, nth) in stage_steps {
+        rig.ring = format!("cli-killed-{}", fastrand::u32(..));
+        assert!(
+            rig.killed_before(&proxy, &["stage"], target, nth).await,
+            "stage never reached {target} #{nth}"
+        );
+        let left = states(&status_json(&rig));
+        eprintln!("stage killed before {target} #{nth} left {left:?}");
+        rig.assert_every_aliased_key_is_served(&format!("stage killed before {target} #{nth}"))
+            .await;
+        let out = rig.keys(&["rotate"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let keys = states(&status_json(&rig));
+        let next = keys.iter().filter(|(s, _)| s == "next").count();
+        assert_eq!(next, 1, "one next key after the rerun: {keys:?}");
+        assert!(
+            keys.iter().all(|(s, _)| s == "next" || s == "unstaged"),
+            "{keys:?}"
+        );
+        rig.assert_every_aliased_key_is_served("the rerun").await;
+    }
+
+    // `promote`: `previous` → current key, `current` → next key, remove
+    // `next`, two stamps, (publish). Killed before each KMS call.
+    let out = rig.keys(&["promote", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let promote_steps = [
+        ("TrentService.UpdateAlias", 1),
+        ("TrentService.CreateAlias", 1),
+        ("TrentService.UpdateAlias", 2),
+        ("TrentService.DeleteAlias", 1),
+        ("TrentService.TagResource", 1),
+        ("TrentService.TagResource", 2),
+    ];
+    for (target, nth) in promote_steps {
+        // The previous key has to go first; K2 is not the subject here.
+        let _ = rig.keys(&["retire", "--force"]);
+        let out = rig.keys(&["stage"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        rig.keys(&["rotate"]);
+        // Warm: edge propagation (1 s) + warm-up (2 s).
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        let before = states(&status_json(&rig));
+        let staged = before.iter().find(|(s, _)| s == "next").unwrap().1.clone();
+        assert!(
+            rig.killed_before(&proxy, &["promote"], target, nth).await,
+            "promote never reached {target} #{nth}"
+        );
+        let left = states(&status_json(&rig));
+        eprintln!("promote killed before {target} #{nth} left {left:?}");
+        rig.assert_every_aliased_key_is_served(&format!("promote killed before {target} #{nth}"))
+            .await;
+        let out = rig.keys(&["rotate"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        if states(&status_json(&rig)).iter().any(|(s, _)| s == "next") {
+            let out = rig.keys(&["promote"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        let after = states(&status_json(&rig));
+        let current: Vec<_> = after.iter().filter(|(s, _)| s == "current").collect();
+        assert_eq!(current.len(), 1, "{after:?}");
+        assert_eq!(
+            current[0].1, staged,
+            "the staged key ends current: {after:?}"
+        );
+        assert_eq!(
+            after.iter().filter(|(s, _)| s == "previous").count(),
+            1,
+            "{after:?}"
+        );
+        assert!(!after.iter().any(|(s, _)| s == "next"), "{after:?}");
+        rig.assert_every_aliased_key_is_served(&format!("promote rerun after {target} #{nth}"))
+            .await;
+    }
+    drop(proxy_server);
 }

@@ -82,6 +82,11 @@ impl FaultProxy {
         });
     }
 
+    /// Drops every hold not used yet.
+    pub fn clear_delays(&self) {
+        self.lock().delays.clear();
+    }
+
     /// Calls seen for `target` (answered by the proxy or forwarded).
     pub fn calls(&self, target: &str) -> u64 {
         self.lock().calls.get(target).copied().unwrap_or(0)

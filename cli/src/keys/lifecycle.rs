@@ -64,7 +64,9 @@ impl PublicKeySet for Unconfigured {
     }
 }
 
-async fn rotator(args: &RingArgs) -> Result<Rotator, Error> {
+/// `creates_keys`: the operation may create a key (`stage`, `rotate`), so
+/// whether it gets the broker-only key policy matters.
+async fn rotator(args: &RingArgs, creates_keys: bool) -> Result<Rotator, Error> {
     let usage = |e: &dyn std::fmt::Display| Error::Usage(e.to_string());
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &args.region {
@@ -79,7 +81,17 @@ async fn rotator(args: &RingArgs) -> Result<Rotator, Error> {
         (Some(broker), Some(rotation)) => {
             Some(policy::for_roles(broker, rotation).map_err(aws2azure_keys::Error::from)?)
         }
-        (None, None) => None,
+        (None, None) => {
+            if creates_keys {
+                eprintln!(
+                    "warning: a key this command creates gets KMS's default key policy, under \
+                     which any principal with kms:Sign in IAM can sign; pass --broker-role-arn \
+                     and --rotation-role-arn (the stack's outputs BrokerRoleArn and \
+                     RotationRoleArn) to give it the policy that lets only the broker sign"
+                );
+            }
+            None
+        }
         _ => {
             return Err(Error::Usage(
                 "give both --broker-role-arn and --rotation-role-arn (the key policy names                  both), or neither"
@@ -145,7 +157,7 @@ async fn credentials_or_usage(aws: &aws_config::SdkConfig) -> Result<(), Error> 
 }
 
 pub async fn status(args: &RingArgs) -> Result<ExitCode, Error> {
-    let status = rotator(args).await?.status().await?;
+    let status = rotator(args, false).await?.status().await?;
     if args.json {
         println!(
             "{}",
@@ -158,13 +170,14 @@ pub async fn status(args: &RingArgs) -> Result<ExitCode, Error> {
 }
 
 pub async fn export_ring(args: &RingArgs) -> Result<ExitCode, Error> {
-    let document = rotator(args).await?.document().await?;
+    let document = rotator(args, false).await?.document().await?;
     println!("{}", String::from_utf8_lossy(document.bytes()));
     Ok(ExitCode::Ok)
 }
 
 pub async fn operate(args: &RingArgs, operation: Operation) -> Result<ExitCode, Error> {
-    let rotator = rotator(args).await?;
+    let creates_keys = matches!(operation, Operation::Stage | Operation::Rotate);
+    let rotator = rotator(args, creates_keys).await?;
     let mut report = Report::default();
     let result = match operation {
         Operation::Stage => rotator.stage(&mut report).await,
