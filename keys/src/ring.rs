@@ -171,9 +171,12 @@ impl KeyRecord {
         } else if self.stamps.contains_key(&Stamp::Promoted)
             || self.stamps.contains_key(&Stamp::Demoted)
         {
-            // Was in service and lost its alias without the retired stamp:
-            // only an operator's hand does that. Treat it as retired.
-            KeyState::Retired
+            // Was in service and lost its alias without the retired stamp
+            // (an operator's hand, or a second run repairing a promotion
+            // that was still under way): signers may still hold it, so it
+            // stays published like a previous key until K2's retention
+            // after its (repaired) demotion, then retires the usual way.
+            KeyState::Previous
         } else {
             KeyState::Unstaged
         }
@@ -231,12 +234,20 @@ impl KeyRing {
 
     /// The keys the document lists, in its order: current first (a
     /// validator that stops at the first match finds it at once), then
-    /// next, then previous.
+    /// next, then every previous key, newest first (normally one; more only
+    /// when a key lost its alias, see [`KeyRecord::state`]).
     pub fn published(&self) -> Vec<&KeyRecord> {
-        [KeyState::Current, KeyState::Next, KeyState::Previous]
+        let mut keys: Vec<&KeyRecord> = [KeyState::Current, KeyState::Next]
             .into_iter()
             .filter_map(|s| self.in_state(s))
-            .collect()
+            .collect();
+        keys.extend(
+            self.keys
+                .iter()
+                .rev()
+                .filter(|k| k.state() == KeyState::Previous),
+        );
+        keys
     }
 }
 
@@ -276,9 +287,25 @@ mod tests {
     #[test]
     fn a_key_without_alias_is_unstaged_unless_it_ever_served() {
         assert_eq!(record("a", &[], &[]).state(), KeyState::Unstaged);
-        assert_eq!(
-            record("a", &[], &[(Stamp::Demoted, 1)]).state(),
-            KeyState::Retired
-        );
+        for stamp in [Stamp::Demoted, Stamp::Promoted] {
+            assert_eq!(
+                record("a", &[], &[(stamp, 1)]).state(),
+                KeyState::Previous,
+                "a key that served and lost its alias stays published"
+            );
+        }
+    }
+
+    #[test]
+    fn every_previous_key_is_published_after_current_and_next() {
+        let mut old = record("old", &[], &[(Stamp::Demoted, 1)]);
+        old.created_at = 1;
+        let mut prev = record("prev", &[Slot::Previous], &[(Stamp::Demoted, 2)]);
+        prev.created_at = 2;
+        let mut cur = record("cur", &[Slot::Current], &[]);
+        cur.created_at = 3;
+        let ring = KeyRing::new(vec![old, prev, cur]);
+        let ids: Vec<_> = ring.published().iter().map(|k| k.key_id.as_str()).collect();
+        assert_eq!(ids, ["cur", "prev", "old"]);
     }
 }

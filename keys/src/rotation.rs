@@ -256,7 +256,12 @@ impl Rotator {
             .map(|k| k.key_id.clone());
         let adopted = unstaged.is_some();
         let key_id = match unstaged {
-            Some(id) => id,
+            Some(id) => {
+                // An unstaged key may carry a sighting from before it lost
+                // its place: its warm-up starts again from this staging.
+                self.store.unstamp(&id, Stamp::SeenPublic).await?;
+                id
+            }
             None => self.store.create_key(self.clock.now_unix()).await?,
         };
         // Publication before the alias moves, here too: the document lists
@@ -340,7 +345,11 @@ impl Rotator {
         self.store
             .stamp(&previous.key_id, Stamp::Retired, now)
             .await?;
-        self.store.unpoint(Slot::Previous).await?;
+        // A previous key that lost its alias has none to remove; never take
+        // the alias from another key.
+        if previous.slots.contains(&Slot::Previous) {
+            self.store.unpoint(Slot::Previous).await?;
+        }
         report.did(Action::Retired {
             kid: previous.kid().to_string(),
         });

@@ -471,3 +471,78 @@ async fn a_promotion_cut_short_is_finished_by_the_next_run() {
     assert!(ring.next().is_none());
     assert_eq!(w.edge.served_kids(), vec![new, old]);
 }
+
+/// Two runs at once (the schedule and an operator's `aws2azure keys
+/// rotate`): the second one's repair rolls back the first one's half-done
+/// promotion while the first goes on. The demoted key loses every alias but
+/// must stay published until K2's retention after its demotion.
+#[tokio::test]
+async fn a_key_a_concurrent_run_left_without_alias_stays_published_for_k2() {
+    let world = World::new(Timings::default());
+    world.with_current_and_staged_next().await;
+    let t = *world.rotator.timings();
+    world.clock.advance(t.edge_propagation + t.warm_up);
+    let ring = world.ring().await;
+    let (old, new) = (
+        ring.current().unwrap().clone(),
+        ring.next().unwrap().clone(),
+    );
+
+    // The first run: `previous` → the current key ...
+    world
+        .store
+        .point(Slot::Previous, &old.key_id)
+        .await
+        .unwrap();
+    // ... the second run's repair sees a promotion to roll back ...
+    world.rotate().await;
+    assert!(world.ring().await.at(Slot::Previous).is_none());
+    // ... and the first run finishes its promotion.
+    world.store.point(Slot::Current, &new.key_id).await.unwrap();
+    world.store.unpoint(Slot::Next).await.unwrap();
+    let now = world.clock.now_unix();
+    world
+        .store
+        .stamp(&new.key_id, Stamp::Promoted, now)
+        .await
+        .unwrap();
+    world
+        .store
+        .stamp(&old.key_id, Stamp::Demoted, now)
+        .await
+        .unwrap();
+
+    // The old key has no alias left, and is still previous: published.
+    world.rotate().await;
+    let ring = world.ring().await;
+    let kept = ring.get(&old.key_id).unwrap();
+    assert!(kept.slots.is_empty());
+    assert_eq!(kept.state(), KeyState::Previous);
+    assert!(
+        world.edge.served_kids().contains(&old.kid().to_string()),
+        "{:?}",
+        world.edge.served_kids()
+    );
+    // Until K2 allows its retirement, and not before.
+    world.clock.advance(t.previous_retention - 1);
+    world.rotate().await;
+    assert!(world.edge.served_kids().contains(&old.kid().to_string()));
+    world.clock.advance(1);
+    world.rotate().await;
+    // Retired, then (no longer listed) scheduled for deletion in the same
+    // run, which takes it out of the ring.
+    assert!(
+        world
+            .ring()
+            .await
+            .get(&old.key_id)
+            .is_none_or(|k| k.state() == KeyState::Retired)
+    );
+    assert!(!world.edge.served_kids().contains(&old.kid().to_string()));
+    assert!(
+        world
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Stamp(kid, Stamp::Retired) if kid == old.kid()))
+    );
+}
