@@ -91,8 +91,13 @@ impl Rig {
             .env("AWS2AZURE_PREVIOUS_RETENTION", "610s")
             .env("AWS2AZURE_SIGNER_RESOLVE_INTERVAL", "1s")
             .env("AWS2AZURE_EDGE_PROPAGATION", "1s");
+        // An empty value unsets the variable.
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         cmd
     }
@@ -330,6 +335,24 @@ async fn a_refused_token_or_bad_settings_change_nothing() {
         "{}",
         text(&out.stderr)
     );
+
+    // Without its own timing settings the command times the lifecycle as
+    // the rotation function with the stack's variables does.
+    let out = rig.keys_with(
+        &["status", "--json"],
+        &[
+            ("AWS2AZURE_WARM_UP", ""),
+            ("AWS2AZURE_ROTATION_PERIOD", ""),
+            ("AWS2AZURE_PREVIOUS_RETENTION", ""),
+            ("AWS2AZURE_WARM_UP_HOURS", "72"),
+            ("AWS2AZURE_ROTATION_PERIOD_DAYS", "30"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["status"]["timings"]["warm_up"], 72 * 3600);
+    assert_eq!(status["status"]["timings"]["period"], 30 * 86400);
+    assert_eq!(status["status"]["timings"]["previous_retention"], 72 * 3600);
 
     // A retention too short for K2: refused before anything runs, exit 2.
     let out = rig.keys_with(&["rotate"], &[("AWS2AZURE_PREVIOUS_RETENTION", "10s")]);

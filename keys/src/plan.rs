@@ -230,7 +230,7 @@ pub fn check_retire<'a>(
         return Ok((previous, Vec::new()));
     }
     let risk = format!(
-        "kid {} was demoted at {} and may still be in use: signers re-resolve the alias every {} \
+        "kid {} was demoted at {} and may still be in use: a signer may go on signing with it for {} \
          s and an assertion lives {} s; removing it before {} can fail exchanges signed with it",
         previous.kid(),
         at(demoted),

@@ -26,8 +26,9 @@ pub struct Timings {
     /// Edge caches plus Workers KV propagation (KV is eventually consistent,
     /// 60 s and more).
     pub edge_propagation: u64,
-    /// How long a signer keeps using the key it resolved from the alias
-    /// before it resolves again (the broker's KMS signer: 300 s).
+    /// The longest a signer goes on signing with a key after the alias
+    /// stopped naming it: the broker's KMS signer re-resolves every 300 s and
+    /// stops using a key KMS has not confirmed for 900 s.
     pub signer_resolve_interval: u64,
 }
 
@@ -40,7 +41,8 @@ impl Default for Timings {
             deletion_window_days: 30,
             assertion_lifetime: aws2azure_shared::assertion::MAX_LIFETIME_SECS,
             edge_propagation: 2 * 60 + 60,
-            signer_resolve_interval: 300,
+            signer_resolve_interval: aws2azure_signer::kms::RESOLVE_TTL_SECS
+                * aws2azure_signer::kms::UNCONFIRMED_INTERVALS,
         }
     }
 }
@@ -50,7 +52,9 @@ impl Timings {
     /// until it re-resolves the alias, that assertion is good for its
     /// lifetime, and the edge's copies lag behind KV.
     pub fn min_retention(&self) -> u64 {
-        self.signer_resolve_interval + self.assertion_lifetime + self.edge_propagation
+        self.signer_resolve_interval
+            .saturating_add(self.assertion_lifetime)
+            .saturating_add(self.edge_propagation)
     }
 
     /// The last moment a key demoted at `demoted_at` can have signed.
@@ -143,7 +147,7 @@ mod tests {
         };
         let err = t.validate().unwrap_err().to_string();
         assert!(err.contains("previous retention"), "{err}");
-        assert!(err.contains("at least 1080 s"), "{err}");
+        assert!(err.contains("at least 1680 s"), "{err}");
     }
 
     #[test]

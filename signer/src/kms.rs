@@ -27,11 +27,19 @@ use crate::signing::AssertionSigner;
 /// How long a resolved key id and public key are trusted by default.
 pub const RESOLVE_TTL_SECS: u64 = 300;
 
+/// For how many resolve intervals a key whose re-resolution keeps failing
+/// is still used. Past that the signer fails instead: key rotation keeps a
+/// demoted key published for a bounded time (K2), which only holds if
+/// nobody signs with it for longer than this.
+pub const UNCONFIRMED_INTERVALS: u64 = 3;
+
 #[derive(Clone)]
 struct ResolvedKey {
     key_id: String,
     jwk: Jwk,
     resolved_at: u64,
+    /// When KMS last confirmed that the alias names this key.
+    confirmed_at: u64,
 }
 
 /// The resolved key and whether a caller is re-resolving it right now.
@@ -94,12 +102,23 @@ impl KmsSigner {
         Ok(self.current().await?.jwk)
     }
 
+    /// How long a key is used without KMS confirming the alias still names
+    /// it: the longest a signer can go on with a key after rotation moved
+    /// the alias away from it.
+    pub fn unconfirmed_limit(&self) -> u64 {
+        self.resolve_interval_secs
+            .saturating_mul(UNCONFIRMED_INTERVALS)
+    }
+
     async fn current(&self) -> Result<ResolvedKey, Error> {
         let now = self.clock.now_unix();
         {
             let mut resolution = lock(&self.resolution);
             match resolution.key.clone() {
-                Some(key) if now.saturating_sub(key.resolved_at) < self.resolve_interval_secs => {
+                Some(key)
+                    if now.saturating_sub(key.resolved_at) < self.resolve_interval_secs
+                        && now.saturating_sub(key.confirmed_at) < self.unconfirmed_limit() =>
+                {
                     return Ok(key);
                 }
                 // Someone is re-resolving: sign with the key we have.
@@ -122,10 +141,17 @@ impl KmsSigner {
             // Try again only after another TTL, so that a KMS outage does
             // not put two extra calls in front of every Sign.
             Err(err) => match resolution.key.as_mut() {
-                Some(key) => {
+                Some(key) if now.saturating_sub(key.confirmed_at) < self.unconfirmed_limit() => {
                     tracing::warn!(error = %err, "re-resolving the KMS key failed; keeping the current one");
                     key.resolved_at = now;
                     Ok(key.clone())
+                }
+                // The alias may have moved long ago: keep failing (and
+                // retrying) rather than sign with a key that rotation may
+                // already have taken out of the public key set.
+                Some(_) => {
+                    tracing::error!(error = %err, "the KMS key could not be confirmed for too long; not signing with it");
+                    Err(err)
                 }
                 None => Err(err),
             },
@@ -172,6 +198,7 @@ impl KmsSigner {
             key_id,
             jwk,
             resolved_at: now,
+            confirmed_at: now,
         })
     }
 }

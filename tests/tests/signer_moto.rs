@@ -478,3 +478,48 @@ async fn dynamodb_malformed_items_do_not_block_the_shared_tier() {
         "a malformed lease is taken over"
     );
 }
+
+/// A key whose re-resolution keeps failing is used for a bounded time only
+/// (`UNCONFIRMED_INTERVALS` resolve intervals): key rotation's K2 counts on
+/// no one signing with a demoted key for longer than that.
+#[tokio::test]
+async fn a_key_that_cannot_be_confirmed_is_used_for_a_bounded_time_only() {
+    let moto = MotoServer::shared();
+    let proxy = FaultProxy::new(moto.endpoint());
+    let server = proxy.clone().serve(loopback()).await.unwrap();
+    let kms = aws_sdk_kms::Client::new(&sdk_config_for(&server.url()).await);
+    let alias = format!("alias/{}", unique("unconfirmed"));
+    create_signing_key(&kms, &alias).await;
+    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let signer = KmsSigner::new(kms, &alias, Arc::new(clock.clone()));
+    signer.resolve().await.unwrap();
+    let issuer = Issuer::parse(ISSUER).unwrap();
+    let subject = Subject::parse("s").unwrap();
+    let claims = AssertionBuilder::new(&issuer, &subject)
+        .build(SystemClock.now_unix(), "j")
+        .unwrap();
+
+    // DescribeKey denied from now on: the known key signs on for a while ...
+    proxy.fail(
+        "TrentService.DescribeKey",
+        "AccessDeniedException",
+        400,
+        100,
+    );
+    let limit =
+        aws2azure_signer::kms::RESOLVE_TTL_SECS * aws2azure_signer::kms::UNCONFIRMED_INTERVALS;
+    clock.advance(aws2azure_signer::kms::RESOLVE_TTL_SECS + 1);
+    signer
+        .sign_assertion(&claims)
+        .await
+        .expect("still the known key");
+    clock.advance(limit - aws2azure_signer::kms::RESOLVE_TTL_SECS - 2);
+    signer
+        .sign_assertion(&claims)
+        .await
+        .expect("still within the bound");
+    // ... and not past the bound, even before the next resolve interval.
+    clock.advance(1);
+    let err = signer.sign_assertion(&claims).await.unwrap_err();
+    assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+}

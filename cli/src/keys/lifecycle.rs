@@ -11,7 +11,8 @@ use aws2azure_keys::kms::KmsKeyStore;
 use aws2azure_keys::public::{HttpPublicKeySet, PublicError, PublicKeySet};
 use aws2azure_keys::publish::Publisher;
 use aws2azure_keys::rotation::{Report, Rotator};
-use aws2azure_keys::{Timings, policy};
+use aws2azure_keys::timings::{DAY, HOUR};
+use aws2azure_keys::{Timings, policy, settings};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
 use aws2azure_signer::clock::SystemClock;
@@ -28,15 +29,43 @@ pub enum Operation {
     Publish,
 }
 
-fn timings(args: &RingArgs) -> Timings {
-    Timings {
-        warm_up: args.warm_up.as_secs(),
-        period: args.period.as_secs(),
-        previous_retention: args.retention.unwrap_or(args.warm_up).as_secs(),
+/// The timings: the flags (or their variables), else the rotation
+/// function's own variables, so that a shell holding the stack's settings
+/// times the lifecycle as the schedule does, else the defaults.
+fn timings(args: &RingArgs) -> Result<Timings, Error> {
+    let stack = |name: &'static str, unit: u64| -> Result<Option<u64>, Error> {
+        match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit))
+                .map(Some)
+                .ok_or_else(|| Error::Usage(format!("{name}: `{v}` is not a whole number"))),
+        }
+    };
+    let defaults = Timings::default();
+    let warm_up = match args.warm_up {
+        Some(d) => d.as_secs(),
+        None => stack(settings::WARM_UP_HOURS, HOUR)?.unwrap_or(defaults.warm_up),
+    };
+    let period = match args.period {
+        Some(d) => d.as_secs(),
+        None => stack(settings::ROTATION_PERIOD_DAYS, DAY)?.unwrap_or(defaults.period),
+    };
+    let previous_retention = match args.retention {
+        Some(d) => d.as_secs(),
+        None => stack(settings::PREVIOUS_RETENTION_HOURS, HOUR)?.unwrap_or(warm_up),
+    };
+    Ok(Timings {
+        warm_up,
+        period,
+        previous_retention,
         signer_resolve_interval: args.signer_resolve_interval.as_secs(),
         edge_propagation: args.edge_propagation.as_secs(),
-        ..Timings::default()
-    }
+        ..defaults
+    })
 }
 
 /// Stands in for a part that is not configured, so that commands that do
@@ -132,7 +161,7 @@ async fn rotator(args: &RingArgs, creates_keys: bool) -> Result<Rotator, Error> 
         publisher,
         public,
         Arc::new(SystemClock),
-        timings(args),
+        timings(args)?,
     )
     .map_err(Error::from)
 }

@@ -83,18 +83,22 @@ pub struct RingArgs {
         default_value = "https://api.cloudflare.com/client/v4"
     )]
     pub cloudflare_api: String,
-    /// How long a key is served publicly before it may sign (K1).
-    #[arg(long, env = "AWS2AZURE_WARM_UP", default_value = "24h", value_parser = duration)]
-    pub warm_up: Duration,
-    /// How long a key stays current.
-    #[arg(long, env = "AWS2AZURE_ROTATION_PERIOD", default_value = "90days", value_parser = duration)]
-    pub period: Duration,
-    /// How long the previous key stays published (K2); default: the warm-up.
+    /// How long a key is served publicly before it may sign (K1). Default:
+    /// the rotation function's AWS2AZURE_WARM_UP_HOURS if set, else 24h.
+    #[arg(long, env = "AWS2AZURE_WARM_UP", value_parser = duration)]
+    pub warm_up: Option<Duration>,
+    /// How long a key stays current. Default: the rotation function's
+    /// AWS2AZURE_ROTATION_PERIOD_DAYS if set, else 90days.
+    #[arg(long, env = "AWS2AZURE_ROTATION_PERIOD", value_parser = duration)]
+    pub period: Option<Duration>,
+    /// How long the previous key stays published (K2). Default: the rotation
+    /// function's AWS2AZURE_PREVIOUS_RETENTION_HOURS if set, else the warm-up.
     #[arg(long, env = "AWS2AZURE_PREVIOUS_RETENTION", value_parser = duration)]
     pub retention: Option<Duration>,
-    /// How long a signer keeps a resolved key before re-resolving the alias
-    /// (the broker: 300 s). K2's least retention counts it.
-    #[arg(long, env = "AWS2AZURE_SIGNER_RESOLVE_INTERVAL", default_value = "300s", value_parser = duration)]
+    /// The longest a signer goes on with a key after the alias moved away
+    /// from it (the broker: 900 s, three resolve intervals without KMS
+    /// confirming the key). K2's least retention counts it.
+    #[arg(long, env = "AWS2AZURE_SIGNER_RESOLVE_INTERVAL", default_value = "900s", value_parser = duration)]
     pub signer_resolve_interval: Duration,
     /// Edge caches plus Workers KV propagation. K2's least retention counts it.
     #[arg(long, env = "AWS2AZURE_EDGE_PROPAGATION", default_value = "180s", value_parser = duration)]
