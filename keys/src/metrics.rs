@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::rotation::Status;
 
-pub const NAMESPACE: &str = "aws2azure";
+pub use aws2azure_signer::metrics::NAMESPACE;
 
 /// The EMF document for one run. `status` is `None` when it could not be
 /// read (the run failed before or while reading the ring).

@@ -399,6 +399,20 @@ impl Rotator {
         }
         ring = self.ring().await?;
 
+        let now = self.clock.now_unix();
+        if ring.next().is_some()
+            && plan::promotion_due_at(&ring, &self.timings).is_some_and(|d| now >= d)
+        {
+            let public = public.as_ref().ok().map(Vec::as_slice);
+            match plan::check_promote(&ring, now, &self.timings, public, false) {
+                Ok(_) => self.promote(false, report).await?,
+                Err(refusal) => report.waiting.push(refusal.reason),
+            }
+        }
+
+        // Last: a key KMS refuses to disable or delete must not hold up
+        // the promotion above.
+        let ring = self.ring().await?;
         for (key, usability) in plan::deletions(&ring) {
             if usability == Usability::Enabled {
                 self.store.disable(&key.key_id).await?;
@@ -412,17 +426,6 @@ impl Rotator {
                 kid: key.kid().to_string(),
                 days,
             });
-        }
-
-        let now = self.clock.now_unix();
-        if ring.next().is_some()
-            && plan::promotion_due_at(&ring, &self.timings).is_some_and(|d| now >= d)
-        {
-            let public = public.as_ref().ok().map(Vec::as_slice);
-            match plan::check_promote(&ring, now, &self.timings, public, false) {
-                Ok(_) => self.promote(false, report).await?,
-                Err(refusal) => report.waiting.push(refusal.reason),
-            }
         }
         Ok(())
     }

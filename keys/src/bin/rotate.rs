@@ -5,7 +5,13 @@
 use aws2azure_keys::metrics::emf_line;
 use aws2azure_keys::rotation::Report;
 use aws2azure_keys::settings::RotationSettings;
+use aws2azure_signer::metrics::now_millis;
 use lambda_runtime::{LambdaEvent, service_fn};
+
+/// The longest one run may take: well inside the function's 120 s timeout.
+const RUN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+/// The status read for the metrics after the run.
+const STATUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 use serde_json::{Value, json};
 
 #[tokio::main]
@@ -31,26 +37,33 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let ring = &ring;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
         let mut report = Report::default();
-        let result = rotator.rotate(&mut report).await;
-        let status = rotator.status().await.ok();
+        // Inside the function's timeout (template.yaml: 120 s), so that a
+        // run stuck on a slow API still writes its metrics line and counts
+        // as failed; the next scheduled run goes on from what this one did.
+        let result = match tokio::time::timeout(RUN_DEADLINE, rotator.rotate(&mut report)).await {
+            Ok(result) => result.map_err(lambda_runtime::Error::from),
+            Err(_) => Err(format!(
+                "the rotation did not finish within {} s (slow KMS, Cloudflare API or edge); \
+                 the next run goes on from where it stopped",
+                RUN_DEADLINE.as_secs()
+            )
+            .into()),
+        };
+        let status = tokio::time::timeout(STATUS_DEADLINE, rotator.status())
+            .await
+            .ok()
+            .and_then(Result::ok);
         println!(
             "{}",
-            emf_line(ring, result.is_ok(), status.as_ref(), now_ms())
+            emf_line(ring, result.is_ok(), status.as_ref(), now_millis())
         );
         match result {
             Ok(()) => Ok(json!({ "report": report })),
             Err(err) => {
                 tracing::error!(error = %err, done = ?report.actions, "rotation failed");
-                Err(lambda_runtime::Error::from(err))
+                Err(err)
             }
         }
     }))
     .await
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
