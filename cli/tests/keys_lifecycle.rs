@@ -467,3 +467,42 @@ async fn a_run_killed_between_any_two_steps_leaves_nothing_half_done_and_the_rer
     }
     drop(proxy_server);
 }
+
+#[test]
+fn the_key_policy_for_an_adopted_key_lets_only_the_broker_sign() {
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "policy",
+            "--broker-role-arn",
+            "arn:aws:iam::123456789012:role/stack-BrokerRole-1",
+            "--rotation-role-arn",
+            "arn:aws:iam::123456789012:role/stack-RotationRole-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sids: Vec<&str> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["Sid"].as_str())
+        .collect();
+    for sid in ["BrokerSigns", "OnlyTheBrokerSigns", "NoGrants"] {
+        assert!(sids.contains(&sid), "{sid} in {sids:?}");
+    }
+    // The same role twice would let the rotation sign: refused, exit 2.
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "policy",
+            "--broker-role-arn",
+            "arn:aws:iam::123456789012:role/same",
+            "--rotation-role-arn",
+            "arn:aws:iam::123456789012:role/same",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

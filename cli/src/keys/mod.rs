@@ -42,6 +42,17 @@ pub enum KeysCommand {
         after_help = "Examples:\n  aws2azure keys export --ring aws2azure > jwks.json\n  aws2azure keys export --kms-key alias/aws2azure-current --pem old.pem\n  npx wrangler kv key put --binding EDGE_KV jwks \"$(cat jwks.json)\""
     )]
     Export(ExportArgs),
+    /// Print the key policy the rotation gives every key it creates (only
+    /// the broker signs, nobody grants), e.g. to adopt a key made before.
+    Policy(PolicyArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    #[arg(long, env = "AWS2AZURE_BROKER_ROLE_ARN")]
+    pub broker_role_arn: String,
+    #[arg(long, env = "AWS2AZURE_ROTATION_ROLE_ARN")]
+    pub rotation_role_arn: String,
 }
 
 /// Where the ring lives and how the lifecycle is timed. The Cloudflare API
@@ -143,6 +154,13 @@ pub async fn run(command: KeysCommand) -> Result<ExitCode, Error> {
             Ok(ExitCode::Ok)
         }
         KeysCommand::Export(args) => lifecycle::export_ring(&args.ring).await,
+        KeysCommand::Policy(args) => {
+            let policy =
+                aws2azure_keys::policy::for_roles(&args.broker_role_arn, &args.rotation_role_arn)
+                    .map_err(aws2azure_keys::Error::from)?;
+            println!("{policy}");
+            Ok(ExitCode::Ok)
+        }
         KeysCommand::Status(args) => lifecycle::status(&args).await,
         KeysCommand::Stage(args) => lifecycle::operate(&args, lifecycle::Operation::Stage).await,
         KeysCommand::Promote(args) => {
