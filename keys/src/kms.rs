@@ -153,6 +153,31 @@ where
     store_error(operation, err)
 }
 
+/// How often a call about a key KMS has just created is retried while KMS
+/// says the key does not exist.
+const FRESH_KEY_ATTEMPTS: u32 = 4;
+
+/// Runs a call about a key KMS has just created: KMS is eventually
+/// consistent, and the next call can briefly find no such key. Any other
+/// outcome is returned at once.
+async fn while_fresh<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = std::time::Duration::from_millis(200);
+    for _ in 1..FRESH_KEY_ATTEMPTS {
+        match call().await {
+            Err(StoreError::UnknownKey { .. }) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    call().await
+}
+
 fn tag(key: &str, value: impl Into<String>) -> Result<Tag, StoreError> {
     Tag::builder()
         .tag_key(key)
@@ -516,14 +541,21 @@ impl KeyStore for KmsKeyStore {
             );
             e
         };
-        self.client
-            .tag_resource()
-            .key_id(&key_id)
-            .set_tags(Some(tags.into()))
-            .send()
+        let tags = tags.to_vec();
+        while_fresh(|| async {
+            self.client
+                .tag_resource()
+                .key_id(&key_id)
+                .set_tags(Some(tags.clone()))
+                .send()
+                .await
+                .map_err(|e| key_error("TagResource", &key_id, e))
+        })
+        .await
+        .map_err(not_in_ring)?;
+        while_fresh(|| self.ensure_member(&key_id))
             .await
-            .map_err(|e| not_in_ring(key_error("TagResource", &key_id, e)))?;
-        self.ensure_member(&key_id).await.map_err(not_in_ring)?;
+            .map_err(not_in_ring)?;
         Ok(key_id)
     }
 

@@ -12,7 +12,7 @@ use aws_sdk_kms::types::KeyState as KmsKeyState;
 use aws2azure_devstack::fault_proxy::FaultProxy;
 use aws2azure_devstack::moto::create_signing_key;
 use aws2azure_keys::kms::{KID_TAG, KmsKeyStore, validate_ring};
-use aws2azure_keys::ring::Usability;
+use aws2azure_keys::ring::{RING_TAG, Usability};
 use aws2azure_keys::rotation::{Action, Report, Rotator};
 use aws2azure_keys::store::{KeyStore, StoreError};
 use aws2azure_keys::{Error, KeyRecord, KeyState, Slot, Stamp, Timings};
@@ -573,4 +573,36 @@ async fn a_disabled_key_that_would_be_published_is_an_error_naming_the_fix() {
     assert!(err.contains(&key), "{err}");
     assert!(err.contains("enable-key"), "{err}");
     assert!(err.contains("next"), "{err}");
+}
+
+/// KMS is eventually consistent: the calls right after `CreateKey` can find
+/// no such key for a moment. They are retried, and the key joins the ring.
+#[tokio::test]
+async fn a_fresh_key_kms_does_not_know_yet_is_tagged_and_aliased_on_a_retry() {
+    let (proxy, _server, kms) = proxied().await;
+    let ring = unique_ring("fresh");
+    let store = KmsKeyStore::new(kms.clone(), &ring, None);
+    let calls = |op: &str| proxy.calls(&format!("TrentService.{op}"));
+    proxy.fail("TrentService.TagResource", "NotFoundException", 400, 2);
+    proxy.fail("TrentService.CreateAlias", "NotFoundException", 400, 1);
+
+    let key_id = store
+        .create_key(T0)
+        .await
+        .expect("joins the ring after the retries");
+    assert_eq!((calls("TagResource"), calls("CreateAlias")), (3, 2));
+    let keys = store.keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key_id, key_id);
+    assert_eq!(keys[0].created_at, T0);
+    assert_eq!(tags_of(&kms, &key_id).await.get(RING_TAG), Some(&ring));
+
+    // A key that stays unknown is reported, after a bounded number of tries.
+    let ring = unique_ring("fresh-gone");
+    let store = KmsKeyStore::new(kms.clone(), &ring, None);
+    let before = calls("TagResource");
+    proxy.fail("TrentService.TagResource", "NotFoundException", 400, 100);
+    let err = store.create_key(T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownKey { .. }), "{err:?}");
+    assert_eq!(calls("TagResource") - before, 4);
 }
