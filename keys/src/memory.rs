@@ -56,13 +56,7 @@ impl MemoryKeyStore {
 
     fn with_key<T>(&self, key_id: &str, f: impl FnOnce(&mut Entry) -> T) -> Result<T, StoreError> {
         let mut ring = self.ring();
-        let entry = ring
-            .keys
-            .get_mut(key_id)
-            .ok_or_else(|| StoreError::UnknownKey {
-                key_id: key_id.into(),
-                reason: "no such key in the in-process store".into(),
-            })?;
+        let entry = ring.keys.get_mut(key_id).ok_or_else(|| unknown(key_id))?;
         Ok(f(entry))
     }
 
@@ -107,6 +101,13 @@ impl MemoryKeyStore {
             resolve_every,
             resolved: Mutex::new(None),
         }
+    }
+}
+
+fn unknown(key_id: &str) -> StoreError {
+    StoreError::UnknownKey {
+        key_id: key_id.into(),
+        reason: "no such key in the in-process store".into(),
     }
 }
 
@@ -178,10 +179,7 @@ impl KeyStore for MemoryKeyStore {
     async fn point(&self, slot: Slot, key_id: &str) -> Result<(), StoreError> {
         let mut ring = self.ring();
         if !ring.keys.contains_key(key_id) {
-            return Err(StoreError::UnknownKey {
-                key_id: key_id.into(),
-                reason: "no such key in the in-process store".into(),
-            });
+            return Err(unknown(key_id));
         }
         if let Some(old) = ring.aliases.insert(slot, key_id.to_string())
             && let Some(entry) = ring.keys.get_mut(&old)
@@ -226,13 +224,7 @@ impl KeyStore for MemoryKeyStore {
 
     async fn schedule_deletion(&self, key_id: &str, _pending_days: u32) -> Result<(), StoreError> {
         let mut ring = self.ring();
-        let entry = ring
-            .keys
-            .get_mut(key_id)
-            .ok_or_else(|| StoreError::UnknownKey {
-                key_id: key_id.into(),
-                reason: "no such key in the in-process store".into(),
-            })?;
+        let entry = ring.keys.get_mut(key_id).ok_or_else(|| unknown(key_id))?;
         entry.record.usability = Usability::PendingDeletion;
         // KMS deletes a key's aliases with it.
         let slots = std::mem::take(&mut entry.record.slots);

@@ -143,11 +143,7 @@ impl CloudflareSettings {
 }
 
 fn echo(value: &str) -> String {
-    let mut shown: String = value.chars().take(MAX_ECHO).collect();
-    if shown.len() < value.len() {
-        shown.push('…');
-    }
-    shown
+    aws2azure_shared::echo(value, MAX_ECHO)
 }
 
 fn id(setting: &'static str, what: &str, value: &str) -> Result<String, Error> {
