@@ -37,6 +37,7 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
         ..EndpointSettings::loopback(options.listen, header_from_env()?)
     };
     let endpoint = start(settings, resources, client).await?;
+    let interrupted = crate::signal::interrupted();
     println!("{}", exports(&endpoint));
     eprintln!(
         "aws2azure serve: Azure SDK credential endpoint at {} for {} (token API {}); Ctrl-C stops it",
@@ -44,7 +45,7 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
         endpoint.resources().served(),
         options.endpoint
     );
-    Ok(endpoint.serve(crate::signal::interrupted()).await?)
+    Ok(endpoint.serve(interrupted).await?)
 }
 
 /// `IDENTITY_HEADER` when the environment sets it (a sidecar shares it with

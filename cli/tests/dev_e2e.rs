@@ -32,6 +32,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--entra",
                 "127.0.0.1:0",
+                "--identity",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -82,6 +84,13 @@ impl Dev {
             "{transcript}"
         );
         assert!(transcript.contains("(redacted,"));
+        // The credential endpoint answered as it answers an Azure SDK, from
+        // the token the loop already holds (still one Entra call).
+        assert!(
+            transcript.contains(": 200, Bearer token for client_id")
+                && transcript.contains("(Entra calls so far: 1)\n\nTry it"),
+            "{transcript}"
+        );
         // Drain stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Self {

@@ -30,7 +30,7 @@ impl Dev {
     fn start() -> Self {
         let mut child = Command::new(BIN)
             .args(["dev", "--edge", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
-            .args(["--entra", "127.0.0.1:0"])
+            .args(["--entra", "127.0.0.1:0", "--identity", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

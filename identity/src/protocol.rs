@@ -173,18 +173,27 @@ impl std::fmt::Debug for TokenAnswer<'_> {
     }
 }
 
-/// Every refusal's body.
+/// Every refusal's body. `error` and `error_description` as OAuth errors
+/// read; `statusCode` and `message` because that is what App Service sends
+/// and what MSAL for Python shows its user (without them, its message is
+/// "None, None").
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
     pub error: &'static str,
     pub error_description: String,
+    #[serde(rename = "statusCode")]
+    pub status_code: u16,
+    pub message: String,
 }
 
 impl From<&Error> for ErrorBody {
     fn from(error: &Error) -> Self {
+        let description = error.description();
         Self {
             error: error.code(),
-            error_description: error.description(),
+            message: description.clone(),
+            error_description: description,
+            status_code: error.status(),
         }
     }
 }

@@ -391,8 +391,9 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
     if options.once {
         println!("\nDone (--once).");
     } else {
+        let interrupted = crate::signal::interrupted();
         println!("\nRunning; press Ctrl-C to stop.");
-        crate::signal::interrupted().await;
+        interrupted.await;
         println!("\nStopping.");
     }
     let _ = identity.shutdown().await;
