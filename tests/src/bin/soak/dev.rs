@@ -46,7 +46,13 @@ impl DevProcess {
             |p: &Path| File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
         let mut child = Command::new(bin)
             .args(["dev", "--edge", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
-            .args(["--entra", "127.0.0.1:0", "--config"])
+            .args([
+                "--entra",
+                "127.0.0.1:0",
+                "--identity",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(config)
             .args(["--token-lifetime", &token_lifetime.to_string()])
             .stdin(Stdio::null())
