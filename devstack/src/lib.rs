@@ -2,7 +2,8 @@
 //! the tests: the edge core serving discovery and keys ([`edge_server`]), an
 //! Entra-compatible token endpoint ([`entra`]), a SigV4-verifying API
 //! Gateway ([`gateway`], its verifier in [`sigv4`]), a Lambda Runtime API
-//! ([`lambda_runtime_api`]), moto server for KMS and DynamoDB ([`moto`]),
+//! ([`lambda_runtime_api`]) and its Extensions API ([`extensions_api`]),
+//! moto server for KMS and DynamoDB ([`moto`]),
 //! a proxy that injects AWS faults in front of it ([`fault_proxy`]), and the
 //! Cloudflare API's Workers KV calls ([`cloudflare`]).
 //! Never used by the Lambda or the Worker.
@@ -10,6 +11,7 @@
 pub mod cloudflare;
 pub mod edge_server;
 pub mod entra;
+pub mod extensions_api;
 pub mod fault_proxy;
 pub mod gateway;
 pub mod lambda_runtime_api;
@@ -33,6 +35,8 @@ pub enum Error {
     Edge(String),
     #[error("KV: {0}")]
     Kv(String),
+    #[error("extensions API: {0}")]
+    ExtensionsApi(String),
 }
 
 /// An HTTP server on a real socket, stopped when dropped.

@@ -17,10 +17,12 @@
 //!   the token API's client);
 //! - [`settings`]: where to listen and the header secret;
 //! - [`server`]: the HTTP shell ([`Endpoint`]), used by `aws2azure serve`,
-//!   `aws2azure dev` and the Lambda extension.
+//!   `aws2azure dev` and the Lambda extension;
+//! - [`extension`]: the Lambda extension (binary `aws2azure-identity`).
 
 pub mod cache;
 mod error;
+pub mod extension;
 pub mod protocol;
 pub mod resources;
 pub mod server;
