@@ -403,9 +403,33 @@ async fn azure_sdks_get_the_brokers_token_from_aws2azure_serve() {
         stopped.status,
         stopped.stderr
     );
-    assert!(
-        !stopped.stderr.trim().is_empty(),
-        "serve logs its requests on stderr"
+    // One log line per request: three credential objects asked once each
+    // (their second calls came from the SDKs' own caches, which keep a token
+    // with more than 5 minutes left), the first one filled the endpoint's
+    // cache, and the wrong header was refused.
+    let requests: Vec<(u64, Option<String>)> = stopped
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "identity_request")
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap_or_default(),
+                l["origin"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    let origin = |o: &str| Some(o.to_string());
+    assert_eq!(
+        requests,
+        [
+            (200, origin("token_api")),
+            (200, origin("cache")),
+            (200, origin("cache")),
+            (401, None),
+        ],
+        "serve's request log:\n{}",
+        stopped.stderr
     );
     for (what, text) in [
         ("serve's stderr", &stopped.stderr),
