@@ -45,25 +45,28 @@ ensure_worker_tools() {
     export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
 }
 
-# npm packages of package-lock.json (wrangler, miniflare/workerd, jose).
+# npm packages of package-lock.json (wrangler, miniflare/workerd, jose, @azure/identity).
+# Keyed on the lock file's hash, so a changed lock reinstalls and an unchanged one is a no-op.
 ensure_node() {
     export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false CI=1
     local stamp=node_modules/.package-lock.sha256
     local want
     want=$(sha256sum package-lock.json | cut -d' ' -f1)
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
-    step "npm ci (pinned wrangler, miniflare, jose)"
+    step "npm ci (pinned wrangler, miniflare, jose, @azure/identity)"
     npm ci --no-audit --no-fund --loglevel=error
     echo "$want" >"$stamp"
 }
 
-# A virtualenv in .venv with requirements-test.txt (moto server, awscurl, PyJWT).
+# A virtualenv in .venv with requirements-test.txt (moto server, awscurl, PyJWT, cfn-lint,
+# azure-identity). Keyed on the lock file's hash like ensure_node: pip installs the new pins
+# over the existing venv.
 ensure_python() {
     local stamp=.venv/.requirements.sha256
     local want
     want=$(sha256sum requirements-test.txt | cut -d' ' -f1)
     if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
-        step "python venv .venv (pinned moto[server], awscurl, PyJWT)"
+        step "python venv .venv (pinned moto[server], awscurl, PyJWT, cfn-lint, azure-identity)"
         [ -x .venv/bin/python ] || python3 -m venv .venv
         .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
         echo "$want" >"$stamp"

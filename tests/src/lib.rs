@@ -7,8 +7,11 @@
 //!   stand-in, rotator, Entra stand-in, broker) and its observers.
 //! - [`aws`], [`python`], [`logs`]: moto resource names, Python validators
 //!   from the workspace's virtualenv, captured log lines.
+//! - [`azure_sdk`]: Microsoft's Azure SDKs (Python and node) asking a
+//!   credential endpoint for tokens, as unchanged Azure programs do.
 
 pub mod aws;
+pub mod azure_sdk;
 pub mod drill;
 pub mod logs;
 pub mod python;
