@@ -33,34 +33,12 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Keys(#[from] aws2azure_keys::Error),
+    #[error(transparent)]
+    Client(#[from] aws2azure_client::Error),
     #[error("AWS credentials: {0}")]
     Credentials(String),
-    #[error("signing the request: {0}")]
-    Sign(String),
     #[error("HTTP: {0}")]
     Http(String),
-    #[error("the token API refused (HTTP {status}, {error}): {description}{}", aadsts.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default())]
-    Api {
-        status: u16,
-        error: String,
-        description: String,
-        aadsts: Option<String>,
-    },
-    /// The token cache could not be read or written; the command goes on
-    /// without it.
-    #[error("token cache: {path}: {source}")]
-    CacheIo {
-        path: String,
-        source: std::io::Error,
-    },
-    /// Something in the token cache is not to be trusted; the command goes
-    /// to the API instead.
-    #[error("token cache: {path} {problem}; not using it (fix: {fix})")]
-    CacheUntrusted {
-        path: String,
-        problem: String,
-        fix: String,
-    },
     #[error("{0}")]
     Dev(String),
 }
@@ -74,6 +52,9 @@ impl Error {
             Self::Keys(aws2azure_keys::Error::Config { .. } | aws2azure_keys::Error::Policy(_)) => {
                 ExitCode::Usage
             }
+            Self::Client(
+                aws2azure_client::Error::Usage(_) | aws2azure_client::Error::Credentials(_),
+            ) => ExitCode::Usage,
             _ => ExitCode::Failed,
         }
     }

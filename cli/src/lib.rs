@@ -8,6 +8,7 @@ pub mod dev;
 pub mod doctor;
 mod error;
 pub mod keys;
-pub mod token;
+/// The token API's client, re-exported for the `token` command's users.
+pub use aws2azure_client as token;
 
 pub use error::{Error, ExitCode};

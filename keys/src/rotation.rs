@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use aws2azure_shared::clock::Clock;
 use aws2azure_shared::jwk::KeyId;
-use aws2azure_signer::clock::Clock;
 use serde::Serialize;
 
 use crate::document::KeyDocument;

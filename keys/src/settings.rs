@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
-use aws2azure_signer::clock::SystemClock;
 
 use crate::cloudflare::{ApiToken, CloudflareKv, CloudflareSettings};
 use crate::kms::KmsKeyStore;

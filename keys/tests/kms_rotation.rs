@@ -17,7 +17,7 @@ use aws2azure_keys::rotation::{Action, Report, Rotator};
 use aws2azure_keys::store::KeyStore;
 use aws2azure_keys::timings::DAY;
 use aws2azure_keys::{KeyRecord, KeyState, Slot, Stamp, Timings};
-use aws2azure_signer::clock::{Clock, ManualClock};
+use aws2azure_shared::clock::{Clock, ManualClock};
 use recording::{Recorder, RecordingPublisher, RecordingStore};
 use support::*;
 

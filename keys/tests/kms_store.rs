@@ -16,7 +16,7 @@ use aws2azure_keys::ring::{RING_TAG, Usability};
 use aws2azure_keys::rotation::{Action, Report, Rotator};
 use aws2azure_keys::store::{KeyStore, StoreError};
 use aws2azure_keys::{Error, KeyRecord, KeyState, Slot, Stamp, Timings};
-use aws2azure_signer::clock::ManualClock;
+use aws2azure_shared::clock::ManualClock;
 use support::*;
 
 fn by_id(keys: Vec<KeyRecord>) -> BTreeMap<String, KeyRecord> {
@@ -90,7 +90,7 @@ async fn the_store_keeps_the_ring_in_aliases_and_tags() {
     assert_eq!(keys[&k1].slots, slots(&[Slot::Current]));
     assert_eq!(keys[&k2].slots, slots(&[Slot::Next]));
     // What the broker signs with is what the store says is current.
-    let clock: Arc<dyn aws2azure_signer::clock::Clock> = Arc::new(ManualClock::at(T0));
+    let clock: Arc<dyn aws2azure_shared::clock::Clock> = Arc::new(ManualClock::at(T0));
     assert_eq!(
         broker_signs_with(&kms, &ring, clock.clone(), &keys[&k1].jwk).await,
         keys[&k1].kid()
@@ -216,7 +216,7 @@ async fn a_key_pointed_at_by_hand_joins_the_ring_and_stays_after_retirement() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].key_id, stack_key);
     assert_eq!(keys[0].state(), KeyState::Current);
-    let now = aws2azure_signer::clock::Clock::now_unix(&aws2azure_signer::clock::SystemClock);
+    let now = aws2azure_shared::clock::Clock::now_unix(&aws2azure_shared::clock::SystemClock);
     assert!(
         keys[0].created_at > 0 && keys[0].created_at <= now + 5,
         "the creation date comes from KMS when the tag is missing: {}",

@@ -18,8 +18,8 @@ use aws2azure_keys::memory::{KeyMaterial, MemoryKeyStore};
 use aws2azure_keys::rotation::{Report, Rotator};
 use aws2azure_keys::store::KeyStore;
 use aws2azure_keys::{Error, KeyRecord, KeyRing, KeyState, Slot, Timings};
+use aws2azure_shared::clock::{Clock, ManualClock};
 use aws2azure_shared::jwk::Jwk;
-use aws2azure_signer::clock::{Clock, ManualClock};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
 

@@ -11,9 +11,11 @@
 //! - [`profile`]: the token profiles an operator configures.
 //! - [`allowlist`]: CIDR sets with fast containment and the allowlist modes.
 //! - [`service_tags`]: Microsoft's Service Tags download, reduced to one tag.
+//! - [`clock`]: time, injected, so expiry rules are tested without waiting.
 
 pub mod allowlist;
 pub mod assertion;
+pub mod clock;
 pub mod discovery;
 mod error;
 pub mod jwk;

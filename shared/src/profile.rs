@@ -185,6 +185,13 @@ impl Scope {
         }
         Ok(Self(scope.to_string()))
     }
+
+    /// The resource the scope names: what the managed-identity protocol calls
+    /// `resource` (`https://graph.microsoft.com/.default` →
+    /// `https://graph.microsoft.com`).
+    pub fn resource(&self) -> &str {
+        self.0.strip_suffix("/.default").unwrap_or(&self.0)
+    }
 }
 
 impl Subject {

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion, JwsHeader, SigningInput};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::Error;
 use aws2azure_signer::api::handle;
 use aws2azure_signer::broker::{Broker, BrokerSettings};
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::entra::{ExchangeRequest, IssuedToken, TokenExchange};
 use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};
 use aws2azure_signer::token::AccessToken;

@@ -21,8 +21,8 @@ use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion, JwsHeader, S
 use aws2azure_shared::jwk::Jwk;
 
 use crate::Error;
-use crate::clock::Clock;
 use crate::signing::AssertionSigner;
+use aws2azure_shared::clock::Clock;
 
 /// How long a resolved key id and public key are trusted by default.
 pub const RESOLVE_TTL_SECS: u64 = 300;

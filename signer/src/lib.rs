@@ -5,7 +5,7 @@
 //! it at Entra through workload identity federation, caching the result.
 //!
 //! The core ([`broker`]) works through small traits ([`signing::AssertionSigner`],
-//! [`entra::TokenExchange`], [`cache::SharedCache`], [`clock::Clock`]); the
+//! [`entra::TokenExchange`], [`cache::SharedCache`], [`aws2azure_shared::clock::Clock`]); the
 //! adapters for real services ([`kms`], [`entra::EntraClient`], [`dynamodb`])
 //! and for local runs ([`signing::LocalKeySigner`]) plug into them. [`api`]
 //! is the HTTP boundary, [`runtime`] wires it all from [`settings`] for the
@@ -14,7 +14,6 @@
 pub mod api;
 pub mod broker;
 pub mod cache;
-pub mod clock;
 pub mod dynamodb;
 pub mod entra;
 mod error;

@@ -11,12 +11,12 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use crate::Error;
 use crate::broker::Broker;
 use crate::cache::SharedCache;
-use crate::clock::{Clock, SystemClock};
 use crate::dynamodb::DynamoDbCache;
 use crate::entra::EntraClient;
 use crate::kms::KmsSigner;
 use crate::settings::{KeySource, SignerConfig};
 use crate::signing::{AssertionSigner, LocalKeySigner};
+use aws2azure_shared::clock::{Clock, SystemClock};
 
 /// Loads the AWS configuration (region, credentials, `AWS_ENDPOINT_URL_*`
 /// overrides) from the environment.

@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::Error;
 use aws2azure_signer::api::handle;
 use aws2azure_signer::broker::{Broker, BrokerSettings};
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::entra::{ExchangeRequest, IssuedToken, TokenExchange};
 use aws2azure_signer::signing::LocalKeySigner;
 use aws2azure_signer::token::AccessToken;

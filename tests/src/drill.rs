@@ -23,9 +23,9 @@ use aws2azure_keys::kms::KmsKeyStore;
 use aws2azure_keys::public::{HttpPublicKeySet, PublicKeySet};
 use aws2azure_keys::rotation::{Action, Report, Rotator};
 use aws2azure_keys::{Slot, Timings};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_signer::broker::Broker;
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::kms::KmsSigner;
 
 use crate::aws::unique;

@@ -9,12 +9,12 @@ use std::time::Duration;
 use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
 use aws2azure_devstack::{Server, loopback};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::broker::{Broker, BrokerSettings};
 use aws2azure_signer::cache::SharedCache;
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::signing::AssertionSigner;
 

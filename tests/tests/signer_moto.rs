@@ -13,12 +13,12 @@ use aws2azure_devstack::moto::{
     create_cache_table, create_key, create_signing_key, unreachable_dynamodb,
 };
 use aws2azure_shared::assertion::{AUDIENCE, AssertionBuilder};
+use aws2azure_shared::clock::{Clock, SystemClock};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
 use aws2azure_shared::profile::Subject;
 use aws2azure_signer::Error;
 use aws2azure_signer::cache::{CacheKey, SharedCache};
-use aws2azure_signer::clock::{Clock, SystemClock};
 use aws2azure_signer::dynamodb::DynamoDbCache;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_signer::signing::AssertionSigner;
@@ -199,7 +199,7 @@ async fn a_stuck_key_re_resolution_does_not_hold_up_other_signatures() {
     let kms = aws_sdk_kms::Client::new(&sdk_config_for(&server.url()).await);
     let alias = format!("alias/{}", unique("stuck"));
     create_signing_key(&kms, &alias).await;
-    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let clock = aws2azure_shared::clock::ManualClock::at(SystemClock.now_unix());
     let signer = Arc::new(KmsSigner::new(kms, &alias, Arc::new(clock.clone())));
     signer.resolve().await.unwrap();
     let issuer = Issuer::parse(ISSUER).unwrap();
@@ -244,7 +244,7 @@ async fn a_moved_alias_is_picked_up_after_the_resolve_interval_and_not_before() 
     let alias = format!("alias/{}", unique("moved"));
     let first = create_signing_key(&kms, &alias).await;
     let second = create_signing_key(&kms, &format!("alias/{}", unique("other"))).await;
-    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let clock = aws2azure_shared::clock::ManualClock::at(SystemClock.now_unix());
     let kid_of = |key_id: &str| {
         let kms = kms.clone();
         let key_id = key_id.to_string();
@@ -490,7 +490,7 @@ async fn a_key_that_cannot_be_confirmed_is_used_for_a_bounded_time_only() {
     let kms = aws_sdk_kms::Client::new(&sdk_config_for(&server.url()).await);
     let alias = format!("alias/{}", unique("unconfirmed"));
     create_signing_key(&kms, &alias).await;
-    let clock = aws2azure_signer::clock::ManualClock::at(SystemClock.now_unix());
+    let clock = aws2azure_shared::clock::ManualClock::at(SystemClock.now_unix());
     let signer = KmsSigner::new(kms, &alias, Arc::new(clock.clone()));
     signer.resolve().await.unwrap();
     let issuer = Issuer::parse(ISSUER).unwrap();

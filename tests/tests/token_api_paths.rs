@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::api::{handle, serve};
 use aws2azure_signer::broker::{Broker, BrokerSettings};
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::metrics::{UNKNOWN_PROFILE, emf_line};
 use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};

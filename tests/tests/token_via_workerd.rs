@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws2azure_devstack::moto::{MotoServer, create_signing_key};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
 use aws2azure_signer::api::handle;
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_tests::aws::unique;
 use aws2azure_tests::event;

@@ -16,8 +16,8 @@ use aws2azure_keys::cloudflare::{ApiToken, CloudflareKv, CloudflareSettings};
 use aws2azure_keys::memory::{KeyMaterial, MemoryKeyStore};
 use aws2azure_keys::public::HttpPublicKeySet;
 use aws2azure_keys::rotation::{Report, Rotator};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::signing::LocalKeySigner;
 
 use crate::Error;
@@ -95,7 +95,7 @@ impl DevRotation {
             .map_err(aws2azure_keys::Error::from)?;
         let store = Arc::new(MemoryKeyStore::new(KeyMaterial::Generated));
         let clock = Arc::new(SystemClock);
-        use aws2azure_signer::clock::Clock as _;
+        use aws2azure_shared::clock::Clock as _;
         store.adopt_current(first, clock.now_unix());
         let public = HttpPublicKeySet::new(issuer.clone(), Duration::from_secs(5))
             .map_err(|e| Error::Dev(e.to_string()))?;

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::jwk::{Jwk, JwkSet};
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_signer::signing::LocalKeySigner;
 

@@ -13,9 +13,9 @@ use aws2azure_keys::publish::Publisher;
 use aws2azure_keys::rotation::{Report, Rotator};
 use aws2azure_keys::timings::{DAY, HOUR};
 use aws2azure_keys::{Timings, policy, settings};
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
-use aws2azure_signer::clock::SystemClock;
 
 use super::RingArgs;
 use super::output;

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use aws2azure_shared::clock::ManualClock;
 use aws2azure_shared::jwk::JwkSet;
-use aws2azure_signer::clock::ManualClock;
 
 use super::*;
 use crate::cloudflare::PublishError;

@@ -12,8 +12,8 @@ use aws2azure_keys::public::{PublicError, PublicKeySet};
 use aws2azure_keys::publish::Publisher;
 use aws2azure_keys::store::{KeyStore, StoreError};
 use aws2azure_keys::{KeyRecord, Slot, Stamp};
+use aws2azure_shared::clock::{Clock, ManualClock};
 use aws2azure_shared::jwk::{Jwk, JwkSet};
-use aws2azure_signer::clock::{Clock, ManualClock};
 
 /// The in-process store, with a crash switch (every mutation fails once
 /// `budget` mutations have been made) and a record of every key the

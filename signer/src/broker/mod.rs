@@ -26,10 +26,10 @@ use futures_util::future::{BoxFuture, Shared};
 
 use crate::Error;
 use crate::cache::{CacheKey, MemoryCache, SharedCache};
-use crate::clock::Clock;
 use crate::entra::{ExchangeRequest, IssuedToken, TokenExchange};
 use crate::signing::AssertionSigner;
 use crate::token::{CachedToken, Freshness};
+use aws2azure_shared::clock::Clock;
 
 /// Tunables, with the defaults of the design.
 ///

@@ -10,8 +10,8 @@ use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion};
 use aws2azure_shared::jwk::Jwk;
 
 use super::*;
-use crate::clock::ManualClock;
 use crate::token::AccessToken;
+use aws2azure_shared::clock::ManualClock;
 
 const T0: u64 = 1_800_000_000;
 

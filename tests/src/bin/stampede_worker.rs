@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws2azure_devstack::moto::sdk_config_for;
+use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_signer::broker::{Broker, BrokerSettings};
-use aws2azure_signer::clock::SystemClock;
 use aws2azure_signer::dynamodb::DynamoDbCache;
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::kms::KmsSigner;

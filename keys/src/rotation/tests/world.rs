@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use aws2azure_shared::clock::{Clock, ManualClock};
 use aws2azure_shared::jwk::JwkSet;
-use aws2azure_signer::clock::{Clock, ManualClock};
 
 use crate::cloudflare::PublishError;
 use crate::document::KeyDocument;

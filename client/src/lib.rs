@@ -5,8 +5,8 @@
 //! Usable from Rust:
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), aws2azure_cli::Error> {
-//! let client = aws2azure_cli::token::TokenClient::from_env(
+//! # async fn f() -> Result<(), aws2azure_client::Error> {
+//! let client = aws2azure_client::TokenClient::from_env(
 //!     "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod", None).await?;
 //! let token = client.token("graph", 300).await?;
 //! println!("Bearer {}", token.access_token);
@@ -14,6 +14,7 @@
 //! ```
 
 mod cache;
+mod error;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,8 +28,8 @@ use aws_sigv4::sign::v4;
 use aws2azure_shared::discovery::is_loopback_host;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use cache::{CacheKey, Folder};
+pub use error::Error;
 
 /// The token API's answer.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,5 +1,6 @@
-//! Time, injected: the broker never reads the system clock directly, so
-//! expiry and refresh rules are tested without waiting.
+//! Time, injected: the broker and the credential endpoint never read the
+//! system clock directly, so expiry and refresh rules are tested without
+//! waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::TokenResponse;
-use crate::Error;
+use crate::{Error, TokenResponse};
 
 /// What a cached entry must be for.
 pub(super) struct CacheKey<'a> {
