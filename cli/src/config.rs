@@ -9,6 +9,11 @@
 //! client_id = "00000000-1111-2222-3333-444444444444"
 //! scope = "https://graph.microsoft.com/.default"
 //! subject = "aws2azure:graph"
+//!
+//! # only for `aws2azure serve`: another name SDKs use for a profile's
+//! # resource (Azure Resource Manager answers to both)
+//! [resources]
+//! "https://management.core.windows.net/" = "arm"
 //! ```
 
 use std::collections::BTreeMap;
@@ -27,6 +32,8 @@ struct File {
     issuer: Option<String>,
     #[serde(default)]
     profiles: BTreeMap<String, ProfileConfig>,
+    #[serde(default)]
+    resources: BTreeMap<String, String>,
 }
 
 /// A validated configuration file.
@@ -34,6 +41,9 @@ struct File {
 pub struct CliConfig {
     pub issuer: Option<Issuer>,
     pub profiles: Profiles,
+    /// For `aws2azure serve`: resources (as Azure SDKs name them) served by
+    /// a profile whose scope does not name them, resource → profile.
+    pub resources: BTreeMap<String, String>,
 }
 
 impl CliConfig {
@@ -57,7 +67,11 @@ impl CliConfig {
             .map_err(|e| Error::Usage(e.to_string()))?;
         let profiles =
             Profiles::from_configs(file.profiles).map_err(|e| Error::Usage(e.to_string()))?;
-        Ok(Self { issuer, profiles })
+        Ok(Self {
+            issuer,
+            profiles,
+            resources: file.resources,
+        })
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Error {
     Keys(#[from] aws2azure_keys::Error),
     #[error(transparent)]
     Client(#[from] aws2azure_client::Error),
+    #[error(transparent)]
+    Identity(#[from] aws2azure_identity::Error),
     #[error("AWS credentials: {0}")]
     Credentials(String),
     #[error("HTTP: {0}")]
@@ -54,6 +56,9 @@ impl Error {
             }
             Self::Client(
                 aws2azure_client::Error::Usage(_) | aws2azure_client::Error::Credentials(_),
+            ) => ExitCode::Usage,
+            Self::Identity(
+                aws2azure_identity::Error::Setting { .. } | aws2azure_identity::Error::Bind { .. },
             ) => ExitCode::Usage,
             _ => ExitCode::Failed,
         }

@@ -8,6 +8,8 @@ pub mod dev;
 pub mod doctor;
 mod error;
 pub mod keys;
+pub mod serve;
+mod signal;
 /// The token API's client, re-exported for the `token` command's users.
 pub use aws2azure_client as token;
 

@@ -4,7 +4,7 @@ use std::process;
 use std::time::Duration;
 
 use aws2azure_cli::config::CliConfig;
-use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, doctor, keys, token};
+use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, doctor, keys, serve, token};
 use aws2azure_shared::service_tags::DEFAULT_TAG;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -23,6 +23,7 @@ struct Cli {
 enum Command {
     Dev(DevArgs),
     Token(TokenArgs),
+    Serve(ServeArgs),
     Doctor(DoctorArgs),
     Allowlist(AllowlistArgs),
     Azure(AzureArgs),
@@ -52,6 +53,9 @@ struct DevArgs {
     /// Address of the Entra-compatible endpoint.
     #[arg(long, default_value = "127.0.0.1:8788")]
     entra: SocketAddr,
+    /// Address of the credential endpoint for Azure SDKs (IDENTITY_ENDPOINT).
+    #[arg(long, default_value = "127.0.0.1:8791")]
+    identity: SocketAddr,
     /// Region the gateway expects in signatures.
     #[arg(long, default_value = "us-east-1")]
     region: String,
@@ -106,6 +110,41 @@ struct TokenArgs {
     /// Where cached tokens live (default $XDG_CACHE_HOME/aws2azure).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+}
+
+/// Serve Azure SDKs' managed-identity protocol in front of the token API.
+///
+/// Programs using DefaultAzureCredential or ManagedIdentityCredential (Python,
+/// JavaScript, .NET, Java, Go) then get their Entra tokens from aws2azure
+/// with no code change. Prints `export IDENTITY_ENDPOINT=...` and `export
+/// IDENTITY_HEADER=...` for them, then serves until Ctrl-C or SIGTERM. The
+/// header secret is random unless IDENTITY_HEADER is set. The token API is
+/// called with the AWS credentials of the environment; tokens are cached in
+/// memory and refreshed ahead, and none with under 5 minutes left is handed
+/// out.
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  aws2azure serve --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod --config aws2azure.toml\n  IDENTITY_HEADER=$(openssl rand -hex 32) aws2azure serve --listen 127.0.0.1:8791\n\nAs a service (systemd, ECS and EKS sidecars, the Lambda extension): docs/credential-endpoint.md"
+)]
+struct ServeArgs {
+    /// Base URL of the token API, stage included.
+    #[arg(long, env = "AWS2AZURE_ENDPOINT")]
+    endpoint: String,
+    /// The configuration file with the profiles the token API serves
+    /// (TOML: [profiles.NAME] tables, optional [resources] table).
+    #[arg(long, default_value = "aws2azure.toml")]
+    config: PathBuf,
+    /// Region of the API (default: from the endpoint's host, else AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Address to listen on; port 0 picks a free one (the export line says
+    /// which).
+    #[arg(long, default_value = "127.0.0.1:8791")]
+    listen: SocketAddr,
+    /// Allow a non-loopback --listen address. Other hosts can then ask for
+    /// tokens with the header secret alone.
+    #[arg(long)]
+    allow_remote: bool,
 }
 
 /// Check an issuer the way Entra will use it.
@@ -212,6 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 edge: args.edge,
                 gateway: args.gateway,
                 entra: args.entra,
+                identity: args.identity,
                 region: args.region,
                 profiles,
                 token_lifetime_secs: args.token_lifetime,
@@ -238,6 +278,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 println!("{}", token.access_token);
             }
+            Ok(ExitCode::Ok)
+        }
+        Command::Serve(args) => {
+            serve::run(serve::ServeOptions {
+                endpoint: args.endpoint,
+                region: args.region,
+                config: args.config,
+                listen: args.listen,
+                allow_remote: args.allow_remote,
+            })
+            .await?;
             Ok(ExitCode::Ok)
         }
         Command::Doctor(args) => {

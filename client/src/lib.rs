@@ -67,6 +67,8 @@ struct ApiError {
     message: Option<String>,
 }
 
+/// Cheap to clone (the HTTP client and the credentials provider are shared).
+#[derive(Clone)]
 pub struct TokenClient {
     endpoint: String,
     region: String,

@@ -5,6 +5,7 @@
 //! It then fetches one token itself and narrates each step, never printing a
 //! token or an assertion whole.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential, issued_claims};
 use aws2azure_devstack::gateway::{self, Principal};
+use aws2azure_identity::protocol::{API_VERSION, IDENTITY_HEADER};
+use aws2azure_identity::{Endpoint, EndpointSettings, ResourceMap};
 use aws2azure_shared::assertion::{AUDIENCE, AssertionClaims, ClientAssertion};
 use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::jwk::{Jwk, JwkSet};
@@ -37,6 +40,8 @@ pub struct DevOptions {
     pub edge: SocketAddr,
     pub gateway: SocketAddr,
     pub entra: SocketAddr,
+    /// Address of the credential endpoint for Azure SDKs.
+    pub identity: SocketAddr,
     pub region: String,
     /// Profiles from a configuration file; `None`: the default profile.
     pub profiles: Option<Profiles>,
@@ -252,8 +257,32 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
             p.name, p.scope, p.subject
         );
     }
+    let client = TokenClient::new(
+        &endpoint,
+        &options.region,
+        SharedCredentialsProvider::new(Credentials::new(
+            &principal.access_key_id,
+            &principal.secret_access_key,
+            principal.session_token.clone(),
+            None,
+            "aws2azure-dev",
+        )),
+    )?;
+    // The credential endpoint, in front of the token API like `aws2azure
+    // serve`, with the same local credentials.
+    let identity = crate::serve::start(
+        EndpointSettings::loopback(options.identity, crate::serve::header_from_env()?),
+        ResourceMap::new(&configured, &BTreeMap::new())?,
+        client.clone(),
+    )
+    .await?;
     println!(
-        "\nLocal credentials of {} (only this gateway accepts them):\n",
+        "  identity endpoint {}   (Azure SDKs' managed identity protocol; resources {})",
+        identity.identity_endpoint(),
+        identity.resources().served()
+    );
+    println!(
+        "\nLocal credentials of {} (only this gateway accepts them), and the credential endpoint's\nvariables, which Azure SDKs read by themselves:\n",
         principal.arn
     );
     println!("export AWS_ACCESS_KEY_ID={}", principal.access_key_id);
@@ -266,19 +295,9 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         principal.session_token.as_deref().unwrap_or_default()
     );
     println!("export AWS_REGION={}", options.region);
+    println!("{}", crate::serve::exports(&identity));
     println!("\nFetching one token through the whole loop, as a workload would:");
 
-    let client = TokenClient::new(
-        &endpoint,
-        &options.region,
-        SharedCredentialsProvider::new(Credentials::new(
-            &principal.access_key_id,
-            &principal.secret_access_key,
-            principal.session_token.clone(),
-            None,
-            "aws2azure-dev",
-        )),
-    )?;
     let started = Instant::now();
     let token = client.token(first.name.as_str(), 0).await?;
     let first_ms = started.elapsed().as_millis();
@@ -321,6 +340,15 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         },
         started.elapsed().as_millis()
     );
+    let resource = first.scope.resource();
+    let started = Instant::now();
+    let sdk_view = sdk_request(&identity, resource).await;
+    println!(
+        "  5. as an Azure SDK    GET {}?api-version=2019-08-01&resource={resource}: {sdk_view} in {} ms (Entra calls so far: {})",
+        identity.identity_endpoint(),
+        started.elapsed().as_millis(),
+        entra.stats().token_requests
+    );
     println!("\nTry it from another terminal, after the exports above:");
     println!(
         "  cargo run -q -p aws2azure-cli -- token {} --endpoint {endpoint}",
@@ -331,6 +359,14 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         options.region, first.name
     );
     println!("  cargo run -q -p aws2azure-cli -- doctor {issuer} --allow-http");
+    println!(
+        "  curl -s -H \"X-IDENTITY-HEADER: $IDENTITY_HEADER\" \"$IDENTITY_ENDPOINT?api-version=2019-08-01&resource={resource}\""
+    );
+    println!("  Any Azure SDK program, unchanged; in Python (pip install azure-identity):");
+    println!(
+        "  python3 -c 'from azure.identity import DefaultAzureCredential as C; t = C().get_token(\"{}\"); print(\"token expires at\", t.expires_on)'",
+        first.scope
+    );
 
     if let Some(rotation) = rotation.filter(|_| !options.once) {
         let t = *rotation.timings();
@@ -356,13 +392,49 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         println!("\nDone (--once).");
     } else {
         println!("\nRunning; press Ctrl-C to stop.");
-        wait_for_signal().await;
+        crate::signal::interrupted().await;
         println!("\nStopping.");
     }
+    let _ = identity.shutdown().await;
     gateway_server.stop().await;
     entra_server.stop().await;
     edge.stop().await;
     Ok(())
+}
+
+/// Asks the credential endpoint for a token as an SDK does, and says how it
+/// answered (never the token).
+async fn sdk_request(identity: &Endpoint, resource: &str) -> String {
+    let url = reqwest::Url::parse_with_params(
+        &identity.identity_endpoint(),
+        [("api-version", API_VERSION), ("resource", resource)],
+    );
+    let Ok(url) = url else {
+        return "failed (no URL)".into();
+    };
+    let answer = reqwest::Client::new()
+        .get(url)
+        .header(IDENTITY_HEADER, identity.identity_header())
+        .send()
+        .await;
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) => return format!("failed ({})", e.without_url()),
+    };
+    let status = response.status();
+    match response.json::<serde_json::Value>().await {
+        Ok(body) if status.is_success() => format!(
+            "200, {} token for client_id {}, expires_on {}",
+            body["token_type"].as_str().unwrap_or("?"),
+            body["client_id"].as_str().unwrap_or("?"),
+            body["expires_on"].as_str().unwrap_or("?")
+        ),
+        Ok(body) => format!(
+            "{status}: {}",
+            body["error_description"].as_str().unwrap_or("?")
+        ),
+        Err(e) => format!("{status}, unreadable answer ({e})"),
+    }
 }
 
 fn local_profiles(configured: &Profiles, authority: &str) -> Result<Profiles, Error> {
@@ -379,20 +451,4 @@ fn local_profiles(configured: &Profiles, authority: &str) -> Result<Profiles, Er
         })
         .collect();
     Profiles::from_configs(raw).map_err(|e| Error::Dev(e.to_string()))
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
