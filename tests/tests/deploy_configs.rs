@@ -7,17 +7,20 @@
 //!   workload template through cfn-lint's decoder (`scripts/test` lints it),
 //!   the systemd unit for `systemd-analyze verify`;
 //! - each agrees with the code on what must match, so neither side drifts
-//!   silently: the environment variables' names, the endpoint's loopback
-//!   address and path (every `IDENTITY_ENDPOINT` goes through
-//!   [`EndpointSettings::from_identity_env`] and must reach the address
-//!   `aws2azure serve --listen` binds, the default one), the `aws2azure`
-//!   binary (`cli/Cargo.toml`) and its `serve` command, the header secret
-//!   always from a secret store and its bounds as `IdentityHeader` checks
-//!   them, the profiles and `[resources]` through [`Profiles`] and
-//!   [`ResourceMap`], and the Lambda workload's architecture and runtime
-//!   among the layer's in `template.yaml`.
+//!   silently: the sidecar's command line is `aws2azure serve` as the
+//!   binary's own parser takes it (`cli/Cargo.toml` names the binary), on
+//!   the endpoint's default loopback address; every `IDENTITY_ENDPOINT` goes
+//!   through [`EndpointSettings::from_identity_env`] and reaches that
+//!   address at the protocol's path; the variables' names are the ones the
+//!   code reads (`IDENTITY_HEADER` from the CLI's constant,
+//!   `AWS2AZURE_ENDPOINT` from its `--help`, `AWS2AZURE_PROFILES` from the
+//!   broker's); the header secret always comes from a secret store, within
+//!   the lengths `IdentityHeader` accepts; the configuration goes through
+//!   `CliConfig::parse` and `serve`'s resource map; the Lambda workload's
+//!   architecture and runtime are among the layer's in `template.yaml`.
 //!
-//! Every check is shown to fail on a file edited to break it.
+//! Every check is shown to fail on a file edited to break it. The
+//! `aws2azure` binary must be built (`cargo test --workspace` builds it).
 
 #[path = "deploy_configs/ec2.rs"]
 mod ec2;
@@ -30,16 +33,17 @@ mod lambda;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 
+use aws2azure_cli::config::CliConfig;
+use aws2azure_identity::EndpointSettings;
 use aws2azure_identity::settings::{DEFAULT_LISTEN, DEFAULT_PATH};
-use aws2azure_identity::{EndpointSettings, ResourceMap};
-use aws2azure_shared::profile::{ProfileConfig, Profiles};
-use serde::Deserialize;
 
-/// What Azure SDKs read: App Service's managed identity protocol.
+/// What Azure SDKs read: App Service's managed identity protocol. The
+/// header secret's is also where `aws2azure serve` takes it from.
 const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
-const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
+const IDENTITY_HEADER: &str = aws2azure_cli::serve::IDENTITY_HEADER_ENV;
 /// The token API's base URL, for `aws2azure serve` (its `--endpoint`) and
 /// the Lambda extension.
 const TOKEN_API: &str = "AWS2AZURE_ENDPOINT";
@@ -64,6 +68,34 @@ fn cli_binary() -> String {
         .expect("cli/Cargo.toml has [[bin]]");
     assert_eq!(bins.len(), 1, "cli/Cargo.toml builds one binary");
     bins[0]["name"].as_str().unwrap().to_string()
+}
+
+/// That binary, built beside this test (`cargo test --workspace` builds it).
+fn cli_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(format!("{}{}", cli_binary(), std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p aws2azure-cli` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// The command's own parser takes `args` (after the binary's name): with
+/// `--help` last it parses every flag and value before it, then stops.
+fn cli_accepts(args: &[String]) -> Result<(), String> {
+    let out = Command::new(cli_path())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// How an environment variable gets its value.
@@ -101,6 +133,9 @@ fn check_serve(at: &str, argv: &[String], found: &mut Vec<String>) -> Option<Soc
     }
     if flag(argv, "--config").is_none() {
         found.push(format!("{at}: no --config FILE (the profiles)"));
+    }
+    if let Err(e) = cli_accepts(argv.get(1..).unwrap_or_default()) {
+        found.push(format!("{at}: the command refuses {argv:?}: {e}"));
     }
     let Some(listen) = flag(argv, "--listen") else {
         found.push(format!("{at}: no --listen {DEFAULT_LISTEN}"));
@@ -190,29 +225,12 @@ fn check_app(
 }
 
 /// `aws2azure serve`'s configuration file (`--config`): `[profiles.NAME]`
-/// tables and an optional `[resources]` table, checked by the code that
-/// serves them.
+/// tables and an optional `[resources]` table, read by the code `serve`
+/// reads it with.
 fn check_config(at: &str, text: &str, found: &mut Vec<String>) {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct File {
-        #[serde(default)]
-        #[allow(dead_code)]
-        issuer: Option<String>,
-        profiles: BTreeMap<String, ProfileConfig>,
-        #[serde(default)]
-        resources: BTreeMap<String, String>,
-    }
-    let file: File = match toml::from_str(text) {
-        Ok(file) => file,
-        Err(e) => {
-            found.push(format!("{at}: {e}"));
-            return;
-        }
-    };
-    match Profiles::from_configs(file.profiles) {
-        Ok(profiles) => {
-            if let Err(e) = ResourceMap::new(&profiles, &file.resources) {
+    match CliConfig::parse(text) {
+        Ok(config) => {
+            if let Err(e) = aws2azure_cli::serve::resource_map(&config) {
                 found.push(format!("{at}: {e}"));
             }
         }
@@ -265,6 +283,35 @@ fn the_documentation_links_every_deployment_file() {
             doc.contains(&format!("](../{file})")),
             "docs/credential-endpoint.md does not link {file}"
         );
+    }
+}
+
+#[test]
+fn the_command_reads_the_token_api_from_its_variable_and_refuses_unknown_flags() {
+    let out = Command::new(cli_path())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains(&format!("[env: {TOKEN_API}=]")), "{help}");
+
+    let argv = |args: &str| -> Vec<String> { args.split(' ').map(str::to_string).collect() };
+    let mut found = vec![];
+    let good = "aws2azure serve --config c.toml --listen 127.0.0.1:8791";
+    check_serve("good", &argv(good), &mut found);
+    assert_eq!(found, Vec::<String>::new());
+    for (args, expected) in [
+        (format!("{good} --port 1"), "the command refuses"),
+        (good.replace("serve", "sevre"), "the command refuses"),
+        (good.replace("--config c.toml ", ""), "no --config"),
+        (
+            good.replace("127.0.0.1", "localhost"),
+            "--listen localhost:8791",
+        ),
+    ] {
+        let mut found = vec![];
+        check_serve("edited", &argv(&args), &mut found);
+        assert_found(&found, expected);
     }
 }
 
