@@ -214,6 +214,67 @@ fn the_task_definition_agrees_with_the_code_and_ecs_accepts_it() {
     python(BOTOCORE_VALIDATE, &[&repo_file(FILE)]).unwrap_or_else(|e| panic!("{FILE}: {e}"));
 }
 
+/// Runs the writer container's command with a POSIX shell, its mount
+/// moved into a temporary folder, and returns the file `--config` would
+/// read: what the sidecar gets, quoting and all.
+fn written_config(task: &Value) -> String {
+    let containers = task["containerDefinitions"].as_array().unwrap();
+    let sidecar = containers.iter().find(|c| c["name"] == SIDECAR).unwrap();
+    let writer = containers
+        .iter()
+        .find(|c| environment(c).contains_key(CONFIG_ENV))
+        .unwrap();
+    let argv: Vec<String> = strings(&sidecar["entryPoint"])
+        .into_iter()
+        .chain(strings(&sidecar["command"]))
+        .collect();
+    let path = super::flag(&argv, "--config").unwrap();
+    let (_, dir) = mount_of(writer, path).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let moved = temp.path().to_str().unwrap();
+    let command: Vec<String> = strings(&writer["entryPoint"])
+        .into_iter()
+        .chain(strings(&writer["command"]))
+        .map(|a| a.replace(&dir, moved))
+        .collect();
+    assert_eq!(command[0], "sh", "{FILE}: the writer runs {command:?}");
+    let Env::Plain(config) = &environment(writer)[CONFIG_ENV] else {
+        panic!("{FILE}: {CONFIG_ENV} is not written in the file");
+    };
+    let status = std::process::Command::new("/bin/sh")
+        .args(&command[1..])
+        .env_clear()
+        .env(CONFIG_ENV, config)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{FILE}: {command:?} failed: {status}");
+    std::fs::read_to_string(path.replace(&dir, moved)).unwrap()
+}
+
+#[test]
+fn the_writer_container_writes_a_configuration_serve_reads() {
+    let task = task_definition();
+    let written = written_config(&task);
+    let Env::Plain(given) = &environment(
+        task["containerDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "aws2azure-config")
+            .unwrap(),
+    )[CONFIG_ENV] else {
+        unreachable!()
+    };
+    assert_eq!(&written, given, "the file differs from the variable");
+    let config = aws2azure_cli::config::CliConfig::parse(&written).unwrap();
+    let resources = aws2azure_cli::serve::resource_map(&config).unwrap();
+    assert!(
+        resources
+            .served()
+            .contains("https://management.core.windows.net")
+    );
+}
+
 #[test]
 fn botocore_refuses_what_ecs_would() {
     let mut task = task_definition();
