@@ -247,10 +247,13 @@ fn python(script: &str, args: &[&str]) -> Result<String, String> {
         .args(args)
         .output()
         .expect("python runs (./scripts/test installs .venv)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).unwrap())
+    } else if stderr.contains("ModuleNotFoundError") {
+        panic!("{stderr}: ./scripts/test installs requirements-test.txt into .venv")
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(stderr)
     }
 }
 
