@@ -23,7 +23,13 @@
 //!   retired, names only the stack's aliases and reads only the
 //!   Cloudflare token's secret; one rotation runs at a time; every alarm
 //!   notifies the alarm topic through its condition
-//!   (`template_security/rotation.rs`).
+//!   (`template_security/rotation.rs`);
+//! - the credential endpoint's layer is the only layer, arm64, built by
+//!   `identity/Makefile` as an external extension `aws2azure-identity`, kept
+//!   on stack updates, its ARN an output but no export; no layer runs inside
+//!   the broker or the rotation (a layer's code runs with the function's
+//!   role), and no permission shares a layer with every AWS account
+//!   (`template_security/layer.rs`).
 //!
 //! The API checks are in `template_security/api.rs`.
 //!
@@ -33,6 +39,8 @@
 
 #[path = "template_security/api.rs"]
 mod api;
+#[path = "template_security/layer.rs"]
+mod layer;
 #[path = "template_security/rotation.rs"]
 mod rotation;
 
@@ -433,6 +441,7 @@ fn violations(template: &Value) -> Vec<String> {
     }
     rotation::alarms(template, &mut found);
     api::apis(template, &mut found);
+    layer::layers(template, layer::makefile(), &mut found);
     found
 }
 
