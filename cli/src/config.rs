@@ -10,10 +10,11 @@
 //! scope = "https://graph.microsoft.com/.default"
 //! subject = "aws2azure:graph"
 //!
-//! # only for `aws2azure serve`: another name SDKs use for a profile's
-//! # resource (Azure Resource Manager answers to both)
+//! # only for `aws2azure serve`: more names SDKs may ask for, resource →
+//! # profile (a profile `arm` with scope https://management.azure.com/.default
+//! # could also serve "https://management.core.windows.net/")
 //! [resources]
-//! "https://management.core.windows.net/" = "arm"
+//! "https://graph.microsoft.com/v1.0" = "graph"
 //! ```
 
 use std::collections::BTreeMap;

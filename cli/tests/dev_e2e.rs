@@ -224,9 +224,10 @@ fn token_and_awscurl_get_tokens_with_the_printed_credentials() {
     assert_eq!(json["profile"], "graph");
     assert_eq!(json["token_type"], "Bearer");
     let token = json["access_token"].as_str().unwrap().to_string();
-    // dev's own demonstration made two requests; this is the third.
-    let seen = dev.requests_settled(3);
-    assert_eq!(seen, 3);
+    // dev's own demonstration made three requests (two as a workload, one
+    // by its credential endpoint); this is the fourth.
+    let seen = dev.requests_settled(4);
+    assert_eq!(seen, 4);
 
     // Raw output, from the disk cache: no request reaches the API.
     let out = dev
@@ -382,8 +383,8 @@ fn encoded_profile_names_pass_the_signature_check_and_are_refused_by_the_api() {
             "{path}: {json}"
         );
     }
-    // dev's two, botocore's six, awscurl's three: each answered by the API.
-    assert_eq!(dev.requests_settled(11), 11);
+    // dev's three, botocore's six, awscurl's three: each answered by the API.
+    assert_eq!(dev.requests_settled(12), 12);
     let log = dev.stderr.lock().unwrap().clone();
     assert!(
         log.contains("[dev] GET /token/gr%61ph by ") && log.contains("-> 400 (invalid_request)"),

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("the endpoint stopped serving: {0}")]
     Serve(#[source] std::io::Error),
 
-    /// No `X-IDENTITY-HEADER` (or `Secret`, older clients) on the request.
+    /// No `X-IDENTITY-HEADER` on the request.
     #[error("the X-IDENTITY-HEADER header is missing: set it to $IDENTITY_HEADER")]
     MissingHeader,
     #[error("the X-IDENTITY-HEADER header does not match $IDENTITY_HEADER")]
