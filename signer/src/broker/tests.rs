@@ -2,16 +2,23 @@
 //! module only; the adapters are tested against moto and the devstack's
 //! Entra-compatible endpoint in the `tests` crate).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion};
+use aws2azure_shared::clock::{Clock, ManualClock};
+use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
+use aws2azure_shared::profile::Profiles;
 
 use super::*;
-use crate::token::AccessToken;
-use aws2azure_shared::clock::ManualClock;
+use crate::cache::{CacheKey, SharedCache};
+use crate::entra::{ExchangeRequest, IssuedToken, TokenExchange};
+use crate::signing::AssertionSigner;
+use crate::token::{AccessToken, CachedToken};
 
 const T0: u64 = 1_800_000_000;
 

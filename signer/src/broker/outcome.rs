@@ -1,0 +1,86 @@
+//! What a request for a token ends in: the token and where it came from,
+//! or the error, each with what it cost upstream.
+
+use crate::Error;
+use crate::token::CachedToken;
+
+/// Where a served token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The in-process tier.
+    Hit,
+    /// The shared tier (another instance fetched it).
+    SharedHit,
+    /// Fetched from Entra by this request.
+    Miss,
+    /// Joined a fetch another request in this process had started.
+    Coalesced,
+    /// A peer instance held the refresh lease; its result was awaited.
+    PeerFetched,
+    /// Due for refresh, refreshed.
+    Refreshed,
+    /// Due for refresh, but refreshing failed or a peer is refreshing: the
+    /// still-valid token was served.
+    Stale,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::SharedHit => "shared-hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::PeerFetched => "peer",
+            Self::Refreshed => "refreshed",
+            Self::Stale => "stale",
+        }
+    }
+
+    /// Whether the token was served without asking Entra in this request.
+    pub fn is_hit(self) -> bool {
+        matches!(
+            self,
+            Self::Hit | Self::SharedHit | Self::Stale | Self::PeerFetched
+        )
+    }
+}
+
+/// What one load cost upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    pub entra_calls: u32,
+    pub entra_ms: u64,
+    pub sign_calls: u32,
+    pub sign_ms: u64,
+    /// The shared tier failed during this request; the in-process tier
+    /// carried on alone.
+    pub shared_cache_degraded: bool,
+}
+
+/// A served token and how it was obtained.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub token: CachedToken,
+    pub outcome: CacheOutcome,
+    pub upstream: Upstream,
+    /// A refresh failure that was absorbed by serving the old token.
+    pub absorbed_error: Option<Error>,
+}
+
+/// A failed request: the error, and what it cost upstream before failing
+/// (for the audit line and the metrics).
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub upstream: Upstream,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            upstream: Upstream::default(),
+        }
+    }
+}
