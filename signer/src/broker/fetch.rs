@@ -4,35 +4,30 @@
 use std::time::{Duration, Instant};
 
 use aws2azure_shared::assertion::AssertionBuilder;
-use aws2azure_shared::profile::Profile;
 
-use super::{Deadline, Effort, Inner, Upstream};
+use super::load::Loading;
+use super::{Effort, Inner};
 use crate::Error;
 use crate::entra::{ExchangeRequest, IssuedToken};
 use crate::token::CachedToken;
 
-impl Inner {
+impl Loading<'_> {
     /// Signs a fresh assertion and exchanges it, retrying what can succeed,
     /// each step within the time left.
-    pub(super) async fn fetch(
-        &self,
-        profile: &Profile,
-        upstream: &mut Upstream,
-        effort: Effort,
-        request_deadline: Deadline,
-    ) -> Result<CachedToken, Error> {
-        let settings = &self.settings;
+    pub(super) async fn fetch(&mut self, effort: Effort) -> Result<CachedToken, Error> {
+        let (inner, profile) = (self.inner, &self.load.profile);
+        let settings = &inner.settings;
         let (max_attempts, budget) = match effort {
             Effort::Full => (settings.max_attempts, settings.exchange_deadline),
             Effort::Refresh => (1, settings.refresh_budget.min(settings.exchange_deadline)),
         };
-        let deadline = request_deadline.within(budget);
+        let deadline = self.load.deadline.within(budget);
         let budget = deadline.left();
         let token_endpoint = profile.token_endpoint();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let now = self.clock.now_unix();
+            let now = inner.clock.now_unix();
             let claims = AssertionBuilder::new(&settings.issuer, &profile.subject)
                 .lifetime_secs(settings.assertion_lifetime_secs)?
                 .build(now, &uuid::Uuid::new_v4().to_string())?;
@@ -40,7 +35,7 @@ impl Inner {
             // KMS throttling is retried by the SDK client itself (bounded);
             // a second retry loop here would multiply the attempts.
             let assertion =
-                match tokio::time::timeout(deadline.left(), self.signer.sign_assertion(&claims))
+                match tokio::time::timeout(deadline.left(), inner.signer.sign_assertion(&claims))
                     .await
                 {
                     Ok(result) => result,
@@ -49,8 +44,8 @@ impl Inner {
                         budget.as_millis()
                     ))),
                 };
-            upstream.sign_calls += 1;
-            upstream.sign_ms += signing.elapsed().as_millis() as u64;
+            self.upstream.sign_calls += 1;
+            self.upstream.sign_ms += signing.elapsed().as_millis() as u64;
             let assertion = assertion?;
 
             let request = ExchangeRequest {
@@ -60,22 +55,25 @@ impl Inner {
                 assertion: &assertion,
             };
             let calling = Instant::now();
-            let result =
-                match tokio::time::timeout(deadline.left(), self.exchange.exchange(&request)).await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::EntraTimeout(budget)),
-                };
-            upstream.entra_calls += 1;
-            upstream.entra_ms += calling.elapsed().as_millis() as u64;
+            let result = match tokio::time::timeout(
+                deadline.left(),
+                inner.exchange.exchange(&request),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Error::EntraTimeout(budget)),
+            };
+            self.upstream.entra_calls += 1;
+            self.upstream.entra_ms += calling.elapsed().as_millis() as u64;
             let err = match result {
-                Ok(issued) => return Ok(self.to_cached(issued, now)),
+                Ok(issued) => return Ok(inner.to_cached(issued, now)),
                 Err(err) => err,
             };
             if !err.is_retryable() || attempt >= max_attempts {
                 return Err(err);
             }
-            let wait = err.retry_after().unwrap_or_else(|| self.backoff(attempt));
+            let wait = err.retry_after().unwrap_or_else(|| inner.backoff(attempt));
             if wait >= deadline.left() {
                 tracing::warn!(profile = %profile.name, attempt, wait_ms = wait.as_millis() as u64, "no time left to retry Entra");
                 return Err(err);
@@ -91,17 +89,19 @@ impl Inner {
             tokio::time::sleep(wait).await;
         }
     }
+}
 
+impl Inner {
     /// Exponential backoff, capped, with "equal jitter": half fixed, half
     /// random, so retries of many callers spread out yet never come at once.
-    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+    fn backoff(&self, attempt: u32) -> Duration {
         let base = self.settings.backoff_base.as_millis() as u64;
         let cap = self.settings.backoff_max.as_millis() as u64;
         let ceiling = base.saturating_mul(1 << attempt.min(16)).min(cap);
         Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling.max(1)))
     }
 
-    pub(super) fn to_cached(&self, issued: IssuedToken, now: u64) -> CachedToken {
+    fn to_cached(&self, issued: IssuedToken, now: u64) -> CachedToken {
         let expires_on = now + issued.expires_in;
         let margin = self.settings.refresh_margin_secs;
         let planned = match issued.refresh_in {

@@ -15,6 +15,7 @@
 
 mod fetch;
 mod flight;
+mod load;
 mod outcome;
 mod settings;
 mod shared_tier;
