@@ -12,6 +12,7 @@
 //! Lambda (`bootstrap`).
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod dynamodb;

@@ -37,12 +37,27 @@ impl CacheOutcome {
         }
     }
 
-    /// Whether the token was served without asking Entra in this request.
+    /// Whether the token was served without asking Entra in this request
+    /// (the `CacheHit` metric).
     pub fn is_hit(self) -> bool {
         matches!(
             self,
             Self::Hit | Self::SharedHit | Self::Stale | Self::PeerFetched
         )
+    }
+}
+
+/// As its name in the audit line.
+impl std::fmt::Display for CacheOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As its name in the audit line.
+impl serde::Serialize for CacheOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
