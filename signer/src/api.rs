@@ -14,12 +14,9 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::json;
 
-use crate::Error;
 use crate::audit::{AuditRecord, CallerIdentity};
-use crate::broker::{Broker, Failed, Issued, MAX_MIN_VALIDITY_SECS};
-
-/// Longest profile name echoed into a log line or an error.
-const ECHO_MAX: usize = 64;
+use crate::broker::{Broker, Failed, Issued, MinValidity};
+use crate::{Error, echo};
 
 /// Handles a request and emits its audit and metrics lines.
 pub async fn serve(broker: &Broker, req: Request) -> Response<Body> {
@@ -51,7 +48,7 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
             if let Some(err) = &issued.absorbed_error {
                 audit.aadsts = err.aadsts();
             }
-            success(&audit.profile, broker, &issued)
+            success(broker, &issued)
         }
         Err(Failed {
             error: err,
@@ -102,7 +99,7 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
         }
     }
     let deadline = broker.settings().request_deadline;
-    match tokio::time::timeout(deadline, broker.token(name.as_str(), min_validity)).await {
+    match tokio::time::timeout(deadline, broker.token(&name, min_validity)).await {
         Ok(result) => result,
         Err(_) => Err(Error::DeadlineExceeded(deadline).into()),
     }
@@ -169,9 +166,9 @@ fn profile_name(segments: &[(&'static str, String)]) -> Result<ProfileName, Erro
     ProfileName::parse(raw).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
-fn min_validity(req: &Request) -> Result<u64, Error> {
+fn min_validity(req: &Request) -> Result<MinValidity, Error> {
     let Some(params) = req.query_string_parameters_ref() else {
-        return Ok(0);
+        return Ok(MinValidity::default());
     };
     let mut value = None;
     for (name, v) in params.iter() {
@@ -185,36 +182,18 @@ fn min_validity(req: &Request) -> Result<u64, Error> {
             return Err(Error::InvalidRequest("min_validity is given twice".into()));
         }
     }
-    match value {
-        None => Ok(0),
-        Some(v) => v.parse::<u64>().ok().filter(|s| *s <= MAX_MIN_VALIDITY_SECS).ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "min_validity must be a whole number of seconds from 0 to {MAX_MIN_VALIDITY_SECS}, \
-                 not `{}`",
-                echo(v)
-            ))
-        }),
-    }
+    value.map_or(Ok(MinValidity::default()), MinValidity::parse)
 }
 
-fn echo(input: &str) -> String {
-    aws2azure_shared::echo(input, ECHO_MAX)
-}
-
-fn success(profile: &str, broker: &Broker, issued: &Issued) -> Response<Body> {
+fn success(broker: &Broker, issued: &Issued) -> Response<Body> {
     let now = broker.now_unix();
-    let scope = broker
-        .profiles()
-        .get(profile)
-        .map(|p| p.scope.as_str())
-        .unwrap_or_default();
     let body = json!({
         "access_token": issued.token.access_token.expose(),
         "token_type": issued.token.token_type,
         "expires_in": issued.token.expires_on.saturating_sub(now),
         "expires_on": issued.token.expires_on,
-        "profile": profile,
-        "scope": scope,
+        "profile": issued.profile.name.as_str(),
+        "scope": issued.profile.scope.as_str(),
     });
     json_response(StatusCode::OK, &body)
 }
@@ -267,6 +246,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ECHO_MAX;
 
     #[test]
     fn echo_is_bounded_and_printable() {

@@ -80,6 +80,7 @@ impl<'a> Loading<'a> {
 
     fn served(self, token: CachedToken, outcome: CacheOutcome) -> Issued {
         Issued {
+            profile: self.load.profile.clone(),
             token,
             outcome,
             upstream: self.upstream,

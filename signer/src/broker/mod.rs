@@ -20,12 +20,12 @@ mod outcome;
 mod settings;
 mod shared_tier;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use aws2azure_shared::clock::Clock;
-use aws2azure_shared::profile::{Profile, Profiles};
+use aws2azure_shared::profile::{Profile, ProfileName, Profiles};
 
 use crate::Error;
 use crate::cache::{CacheKey, MemoryCache, SharedCache};
@@ -49,7 +49,7 @@ enum Effort {
 /// and by when.
 #[derive(Clone, Debug)]
 struct Load {
-    profile: Profile,
+    profile: Arc<Profile>,
     key: CacheKey,
     min_validity: u64,
     effort: Effort,
@@ -64,6 +64,8 @@ pub struct Broker {
 
 struct Inner {
     profiles: Profiles,
+    /// Each profile with its cache key, worked out once.
+    targets: BTreeMap<ProfileName, (Arc<Profile>, CacheKey)>,
     settings: BrokerSettings,
     signer: Arc<dyn AssertionSigner>,
     exchange: Arc<dyn TokenExchange>,
@@ -84,6 +86,36 @@ struct Inner {
 /// 60 to 90 minutes, so asking for more than 55 can never be met.
 pub const MAX_MIN_VALIDITY_SECS: u64 = 3300;
 
+/// Seconds a caller needs a token to stay valid: from 0 to
+/// [`MAX_MIN_VALIDITY_SECS`], checked here and nowhere else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MinValidity(u64);
+
+impl MinValidity {
+    pub fn new(secs: u64) -> Result<Self, Error> {
+        Self::parse(&secs.to_string())
+    }
+
+    /// From text (the query string's `min_validity`).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        text.parse::<u64>()
+            .ok()
+            .filter(|secs| *secs <= MAX_MIN_VALIDITY_SECS)
+            .map(Self)
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "min_validity must be a whole number of seconds from 0 to \
+                     {MAX_MIN_VALIDITY_SECS}, not `{}`",
+                    crate::echo(text)
+                ))
+            })
+    }
+
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+}
+
 impl Broker {
     pub fn new(
         profiles: Profiles,
@@ -93,9 +125,17 @@ impl Broker {
         shared: Option<Arc<dyn SharedCache>>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let targets = profiles
+            .iter()
+            .map(|p| {
+                let target = (Arc::new(p.clone()), CacheKey::for_profile(p));
+                (p.name.clone(), target)
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 profiles,
+                targets,
                 settings,
                 signer,
                 exchange,
@@ -127,26 +167,23 @@ impl Broker {
         self.inner.clock.now_unix()
     }
 
-    /// A token for `profile_name` that stays valid at least `min_validity`
-    /// seconds (as far as Entra's token lifetime allows), within the
-    /// request deadline.
-    pub async fn token(&self, profile_name: &str, min_validity: u64) -> Result<Issued, Failed> {
+    /// A token for `profile` that stays valid at least `min_validity`
+    /// (as far as Entra's token lifetime allows), within the request
+    /// deadline. The issued token names the profile it is for.
+    pub async fn token(
+        &self,
+        profile: &ProfileName,
+        min_validity: MinValidity,
+    ) -> Result<Issued, Failed> {
         let deadline = Deadline::after(self.inner.settings.request_deadline);
         let inner = &self.inner;
-        let profile = inner
-            .profiles
-            .get(profile_name)
-            .ok_or_else(|| Error::UnknownProfile(profile_name.to_string()))?;
-        if min_validity > MAX_MIN_VALIDITY_SECS {
-            return Err(Error::InvalidRequest(format!(
-                "min_validity must be at most {MAX_MIN_VALIDITY_SECS} seconds: Entra's tokens \
-                 live 60 to 90 minutes"
-            ))
-            .into());
-        }
-        let key = CacheKey::for_profile(profile);
+        let (profile, key) = inner
+            .targets
+            .get(profile)
+            .ok_or_else(|| Error::UnknownProfile(profile.to_string()))?;
+        let min_validity = min_validity.secs();
         let now = inner.clock.now_unix();
-        let cached = inner.memory.get(&key);
+        let cached = inner.memory.get(key);
         let load = |effort| Load {
             profile: profile.clone(),
             key: key.clone(),
@@ -156,6 +193,7 @@ impl Broker {
         };
         match cached.as_ref().map(|t| t.freshness(now, min_validity)) {
             Some(Freshness::Fresh) => Ok(Issued {
+                profile: profile.clone(),
                 token: cached.expect("matched Some"),
                 outcome: CacheOutcome::Hit,
                 upstream: Upstream::default(),
@@ -164,19 +202,20 @@ impl Broker {
             Some(Freshness::RefreshDue) => {
                 let old = cached.expect("matched Some");
                 let stale = |upstream, absorbed_error| Issued {
+                    profile: profile.clone(),
                     token: old.clone(),
                     outcome: CacheOutcome::Stale,
                     upstream,
                     absorbed_error,
                 };
-                if now < inner.refresh_not_before(&key) {
+                if now < inner.refresh_not_before(key) {
                     // A refresh failed moments ago: do not ask Entra again
                     // on every request (AADSTS50196 punishes that).
                     return Ok(stale(Upstream::default(), None));
                 }
                 match self.load(load(Effort::Refresh)).await {
                     Ok(mut issued) => {
-                        inner.clear_refresh_backoff(&key);
+                        inner.clear_refresh_backoff(key);
                         if issued.outcome == CacheOutcome::Miss {
                             issued.outcome = CacheOutcome::Refreshed;
                         }
@@ -195,9 +234,9 @@ impl Broker {
                             .retry_after()
                             .unwrap_or_default()
                             .max(inner.settings.refresh_backoff);
-                        inner.back_off_refresh(&key, now.saturating_add(wait.as_secs()));
+                        inner.back_off_refresh(key, now.saturating_add(wait.as_secs()));
                         tracing::warn!(
-                            profile = profile_name,
+                            profile = %profile.name,
                             error = %failed.error,
                             aadsts = failed.error.aadsts(),
                             remaining_secs = old.remaining(now),

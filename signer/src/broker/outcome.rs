@@ -1,6 +1,10 @@
 //! What a request for a token ends in: the token and where it came from,
 //! or the error, each with what it cost upstream.
 
+use std::sync::Arc;
+
+use aws2azure_shared::profile::Profile;
+
 use crate::Error;
 use crate::token::CachedToken;
 
@@ -76,6 +80,8 @@ pub struct Upstream {
 /// A served token and how it was obtained.
 #[derive(Clone, Debug)]
 pub struct Issued {
+    /// The profile the token is for.
+    pub profile: Arc<Profile>,
     pub token: CachedToken,
     pub outcome: CacheOutcome,
     pub upstream: Upstream,

@@ -12,7 +12,7 @@ use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion};
 use aws2azure_shared::clock::{Clock, ManualClock};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
-use aws2azure_shared::profile::Profiles;
+use aws2azure_shared::profile::{ProfileName, Profiles};
 
 use super::*;
 use crate::cache::{CacheKey, SharedCache};
@@ -137,6 +137,10 @@ fn rig_tuned(
     }
 }
 
+fn profile(name: &str) -> ProfileName {
+    ProfileName::parse(name).unwrap()
+}
+
 fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Error {
     Error::Entra {
         status,
@@ -151,7 +155,7 @@ fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Er
 impl Rig {
     async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Error> {
         self.broker
-            .token(name, min_validity)
+            .token(&profile(name), MinValidity::new(min_validity)?)
             .await
             .map_err(|f| f.error)
     }
@@ -354,7 +358,11 @@ async fn short_lived_tokens_refresh_at_half_life() {
         None,
         Arc::new(r.clock.clone()),
     );
-    let t = broker.token("graph", 0).await.unwrap().token;
+    let t = broker
+        .token(&profile("graph"), MinValidity::default())
+        .await
+        .unwrap()
+        .token;
     assert!(
         t.refresh_on > T0 + 150 && t.refresh_on <= T0 + 200,
         "{}",
@@ -676,7 +684,11 @@ async fn a_caller_with_a_valid_token_waits_no_longer_than_a_refresh_for_a_full_l
     r.clock.set(first.token.refresh_on + 1);
     // A demanding caller starts a full load (the old token cannot serve it).
     let broker = r.broker.clone();
-    let demanding = tokio::spawn(async move { broker.token("graph", 1000).await });
+    let demanding = tokio::spawn(async move {
+        broker
+            .token(&profile("graph"), MinValidity::new(1000).unwrap())
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let steady = r.token("graph", 0).await.unwrap();
