@@ -9,10 +9,11 @@
 use std::time::{Duration, Instant};
 
 use aws2azure_shared::profile::ProfileName;
+use aws2azure_shared::token_api::{ErrorDocument, TokenResponse};
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::audit::{AuditRecord, CallerIdentity};
 use crate::broker::{Broker, Failed, Issued, MinValidity};
@@ -187,29 +188,28 @@ fn min_validity(req: &Request) -> Result<MinValidity, Error> {
 
 fn success(broker: &Broker, issued: &Issued) -> Response<Body> {
     let now = broker.now_unix();
-    let body = json!({
-        "access_token": issued.token.access_token.expose(),
-        "token_type": issued.token.token_type,
-        "expires_in": issued.token.expires_on.saturating_sub(now),
-        "expires_on": issued.token.expires_on,
-        "profile": issued.profile.name.as_str(),
-        "scope": issued.profile.scope.as_str(),
-    });
+    let body = TokenResponse {
+        access_token: issued.token.access_token.expose().to_string(),
+        expires_in: issued.token.expires_on.saturating_sub(now),
+        expires_on: issued.token.expires_on,
+        profile: issued.profile.name.to_string(),
+        scope: issued.profile.scope.to_string(),
+        token_type: issued.token.token_type.clone(),
+    };
     json_response(StatusCode::OK, &body)
 }
 
 fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body> {
-    let mut body = json!({ "error": code, "error_description": err.public_description() });
-    if let Some(aadsts) = err.aadsts() {
-        body["aadsts"] = json!(format!("AADSTS{aadsts}"));
-    }
-    if let Error::Entra {
-        correlation_id: Some(id),
-        ..
-    } = err
-    {
-        body["correlation_id"] = json!(id);
-    }
+    let body = ErrorDocument {
+        aadsts: err.aadsts().map(|code| format!("AADSTS{code}")),
+        correlation_id: match err {
+            Error::Entra { correlation_id, .. } => correlation_id.clone(),
+            _ => None,
+        },
+        error: code.to_string(),
+        error_description: err.public_description(),
+        message: None,
+    };
     let mut response = json_response(status, &body);
     if matches!(
         status,
@@ -232,14 +232,16 @@ fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body
     response
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    // Plain structs of strings and numbers: serializing cannot fail.
+    let body = serde_json::to_string(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::PRAGMA, "no-cache")
         .header("x-content-type-options", "nosniff")
-        .body(Body::Text(body.to_string()))
+        .body(Body::Text(body))
         .expect("static headers are valid")
 }
 
