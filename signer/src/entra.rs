@@ -52,7 +52,7 @@ impl EntraClient {
             .user_agent(concat!("aws2azure/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(270))
             .build()
-            .map_err(|e| Error::config("entra http client", e.to_string()))?;
+            .map_err(|e| Error::HttpClient(e.to_string()))?;
         Ok(Self {
             http,
             attempt_timeout,

@@ -83,6 +83,11 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// The HTTPS client for Entra could not be set up (its TLS backend):
+    /// nothing an operator's setting changes.
+    #[error("the HTTPS client for Entra could not be built: {0}")]
+    HttpClient(String),
+
     #[error("setting `{setting}`: {reason}")]
     Config {
         setting: &'static str,
@@ -156,9 +161,11 @@ impl Error {
             Self::Kms { .. } | Self::LocalKey(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "signer_unavailable")
             }
-            Self::Cache(_) | Self::Config { .. } | Self::Shared(_) | Self::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-            }
+            Self::Cache(_)
+            | Self::Config { .. }
+            | Self::Shared(_)
+            | Self::Internal(_)
+            | Self::HttpClient(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
 
@@ -174,7 +181,8 @@ impl Error {
             | Self::Cache(_)
             | Self::Config { .. }
             | Self::Shared(_)
-            | Self::Internal(_) => {
+            | Self::Internal(_)
+            | Self::HttpClient(_) => {
                 "the signer failed; the operator will find the details in the function's log".into()
             }
             other => other.to_string(),
