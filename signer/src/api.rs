@@ -63,7 +63,7 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
             }
             audit.error = Some(code);
             audit.aadsts = err.aadsts();
-            if let Error::Entra { correlation_id, .. } = &err {
+            if let Error::Entra { correlation_id, .. } = &*err {
                 audit.correlation_id = correlation_id.clone();
             }
             failure(status, code, &err)

@@ -11,11 +11,11 @@ pub const RETRYABLE_AADSTS: [u32; 3] = [70021, 50166, 90061];
 /// retry fixes.
 pub const CONFIGURATION_AADSTS: [u32; 3] = [700211, 700212, 700213];
 
-/// Every failure of the broker. It is `Clone` because one load is shared by
-/// every request waiting on it (single flight).
+/// Every failure of the broker. One load's failure is shared by every
+/// request waiting on it (single flight) behind an `Arc`.
 ///
 /// No variant ever holds an access token or a client assertion.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq, Eq)]
 pub enum Error {
     #[error("no profile named `{0}` is configured")]
     UnknownProfile(String),

@@ -1,5 +1,7 @@
 //! One load, from the in-process tier through the shared tier to Entra.
 
+use std::sync::Arc;
+
 use super::shared_tier::SharedTurn;
 use super::{CacheOutcome, Effort, Failed, Inner, Issued, Load, Upstream};
 use crate::Error;
@@ -69,7 +71,7 @@ impl<'a> Loading<'a> {
                 Some(t) => {
                     tracing::warn!(profile = %key.profile, error = %err, aadsts = err.aadsts(), "refresh failed; serving the still-valid shared token");
                     Ok(Issued {
-                        absorbed_error: Some(err),
+                        absorbed_error: Some(Arc::new(err)),
                         ..self.served(t, CacheOutcome::Stale)
                     })
                 }
@@ -90,7 +92,7 @@ impl<'a> Loading<'a> {
 
     fn failed(self, error: Error) -> Failed {
         Failed {
-            error,
+            error: Arc::new(error),
             upstream: self.upstream,
         }
     }

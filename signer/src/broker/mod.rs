@@ -224,10 +224,11 @@ impl Broker {
                     // Still loading (a full load another caller started):
                     // the old token serves now, the load fills the cache
                     // when it finishes, so no backoff.
-                    Err(Failed {
-                        error: Error::DeadlineExceeded(_),
-                        upstream,
-                    }) => Ok(stale(upstream, None)),
+                    Err(Failed { error, upstream })
+                        if matches!(*error, Error::DeadlineExceeded(_)) =>
+                    {
+                        Ok(stale(upstream, None))
+                    }
                     Err(failed) => {
                         let wait = failed
                             .error

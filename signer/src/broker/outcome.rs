@@ -86,21 +86,23 @@ pub struct Issued {
     pub outcome: CacheOutcome,
     pub upstream: Upstream,
     /// A refresh failure that was absorbed by serving the old token.
-    pub absorbed_error: Option<Error>,
+    pub absorbed_error: Option<Arc<Error>>,
 }
 
 /// A failed request: the error, and what it cost upstream before failing
-/// (for the audit line and the metrics).
+/// (for the audit line and the metrics). One failed load fails every
+/// request that joined it: they share the error rather than copies of it,
+/// so an error need not be `Clone` and can keep its causes.
 #[derive(Clone, Debug)]
 pub struct Failed {
-    pub error: Error,
+    pub error: Arc<Error>,
     pub upstream: Upstream,
 }
 
 impl From<Error> for Failed {
     fn from(error: Error) -> Self {
         Self {
-            error,
+            error: Arc::new(error),
             upstream: Upstream::default(),
         }
     }

@@ -153,9 +153,10 @@ fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Er
 }
 
 impl Rig {
-    async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Error> {
+    async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Arc<Error>> {
+        let min_validity = MinValidity::new(min_validity).map_err(Arc::new)?;
         self.broker
-            .token(&profile(name), MinValidity::new(min_validity)?)
+            .token(&profile(name), min_validity)
             .await
             .map_err(|f| f.error)
     }
@@ -179,8 +180,8 @@ async fn hits_never_call_kms_or_entra() {
     }
     assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
     assert!(matches!(
-        r.token("nope", 0).await,
-        Err(Error::UnknownProfile(_))
+        r.token("nope", 0).await.err().as_deref(),
+        Some(Error::UnknownProfile(_))
     ));
 }
 
@@ -220,7 +221,7 @@ async fn a_failed_refresh_serves_the_still_valid_token() {
     assert_eq!(served.outcome, CacheOutcome::Stale);
     assert_eq!(served.token, first.token);
     assert_eq!(
-        served.absorbed_error.as_ref().and_then(Error::aadsts),
+        served.absorbed_error.as_ref().and_then(|e| e.aadsts()),
         Some(700213)
     );
     // Once the old token no longer satisfies the caller, the error shows.
@@ -249,8 +250,11 @@ async fn min_validity_forces_a_fresh_token() {
     );
     assert!(issued.token.remaining(r.clock.now_unix()) >= 1000);
     assert!(matches!(
-        r.token("graph", MAX_MIN_VALIDITY_SECS + 1).await,
-        Err(Error::InvalidRequest(_))
+        r.token("graph", MAX_MIN_VALIDITY_SECS + 1)
+            .await
+            .err()
+            .as_deref(),
+        Some(Error::InvalidRequest(_))
     ));
 }
 
@@ -414,7 +418,7 @@ async fn a_panicking_adapter_fails_one_load_not_the_profile() {
     let r = rig(vec![], Duration::ZERO);
     r.entra.panic_next.store(true, Ordering::SeqCst);
     let err = r.token("graph", 0).await.unwrap_err();
-    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert!(matches!(*err, Error::Internal(_)), "{err:?}");
     assert_eq!(err.api_status().0, http::StatusCode::INTERNAL_SERVER_ERROR);
     let issued = r.token("graph", 0).await.unwrap();
     assert_eq!(
@@ -541,7 +545,7 @@ async fn a_busy_peer_with_nothing_to_serve_gives_503_not_a_stampede() {
     let (r, shared) = shared_rig();
     peer_holds_lease(&shared);
     let err = r.token("graph", 0).await.unwrap_err();
-    assert_eq!(err, Error::PeerBusy);
+    assert_eq!(*err, Error::PeerBusy);
     assert_eq!(err.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.entra_calls(), 0);
 }
