@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use aws2azure_shared::assertion::AssertionBuilder;
 
-use super::load::Loading;
-use super::{Effort, Inner};
+use super::{Effort, Inner, Loading};
 use crate::Error;
 use crate::entra::{ExchangeRequest, IssuedToken};
 use crate::token::CachedToken;

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use super::load::Loading;
-use super::{Broker, CacheOutcome, Effort, Failed, Inner, Issued, Load};
+use super::{Broker, CacheOutcome, Effort, Failed, Inner, Issued, Load, Loading};
 use crate::Error;
 use crate::cache::CacheKey;
 use crate::token::Freshness;

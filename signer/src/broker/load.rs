@@ -3,18 +3,9 @@
 use std::sync::Arc;
 
 use super::shared_tier::SharedTurn;
-use super::{CacheOutcome, Effort, Failed, Inner, Issued, Load, Upstream};
+use super::{CacheOutcome, Effort, Failed, Inner, Issued, Load, Loading, Upstream};
 use crate::Error;
 use crate::token::{CachedToken, Freshness};
-
-/// One load under way: what it is for, and what it has cost upstream so
-/// far. Its steps (the shared tier, the fetch) add to the cost as they go,
-/// so that a failure still reports what it spent.
-pub(super) struct Loading<'a> {
-    pub(super) inner: &'a Inner,
-    pub(super) load: &'a Load,
-    pub(super) upstream: Upstream,
-}
 
 impl<'a> Loading<'a> {
     pub(super) fn new(inner: &'a Inner, load: &'a Load) -> Self {

@@ -56,6 +56,15 @@ struct Load {
     deadline: Deadline,
 }
 
+/// One load under way: what it is for, and what it has cost upstream so
+/// far. Its steps (the shared tier, the fetch) add to the cost as they go,
+/// so that a failure still reports what it spent.
+struct Loading<'a> {
+    inner: &'a Inner,
+    load: &'a Load,
+    upstream: Upstream,
+}
+
 /// The broker. Cheap to clone; clones share caches and in-flight loads.
 #[derive(Clone)]
 pub struct Broker {

@@ -146,3 +146,20 @@ impl Deadline {
         self.min(Self::after(budget))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_whose_worst_case_exceeds_the_request_deadline_are_refused() {
+        let mut settings =
+            BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
+        assert_eq!(settings.check_budget(), Ok(()));
+        assert!(settings.worst_case() <= settings.request_deadline);
+        settings.exchange_deadline = Duration::from_secs(25);
+        let err = settings.check_budget().unwrap_err();
+        assert_eq!(err.largest_exchange, Duration::from_secs(16));
+        assert!(err.to_string().contains("at most 16000 ms"), "{err}");
+    }
+}

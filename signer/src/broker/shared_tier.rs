@@ -2,8 +2,7 @@
 //! refresh lease, the wait for a peer that holds it, and degrading to the
 //! in-process tier when the shared tier fails.
 
-use super::load::Loading;
-use super::{CacheOutcome, Deadline};
+use super::{CacheOutcome, Deadline, Loading};
 use crate::Error;
 use crate::cache::SharedCache;
 use crate::token::{CachedToken, Freshness};
