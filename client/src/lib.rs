@@ -26,46 +26,12 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws2azure_shared::discovery::is_loopback_host;
-use serde::{Deserialize, Serialize};
+use aws2azure_shared::token_api::ErrorDocument;
 
+/// The token API's answer, as the signer writes it.
+pub use aws2azure_shared::token_api::TokenResponse;
 use cache::{CacheKey, Folder};
 pub use error::Error;
-
-/// The token API's answer.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenResponse {
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_in: u64,
-    pub expires_on: u64,
-    pub profile: String,
-    pub scope: String,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &"<redacted>")
-            .field("expires_on", &self.expires_on)
-            .field("profile", &self.profile)
-            .field("scope", &self.scope)
-            .finish()
-    }
-}
-
-/// The token API's error document.
-#[derive(Clone, Debug, Default, Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
-    #[serde(default)]
-    aadsts: Option<String>,
-    /// API Gateway's own refusals (`{"message": ...}`).
-    #[serde(default)]
-    message: Option<String>,
-}
 
 /// Cheap to clone (the HTTP client and the credentials provider are shared).
 #[derive(Clone)]
@@ -229,7 +195,7 @@ impl TokenClient {
                 ))
             });
         }
-        let err: ApiError = serde_json::from_slice(&body).unwrap_or_default();
+        let err: ErrorDocument = serde_json::from_slice(&body).unwrap_or_default();
         let description = match (&err.message, err.error_description.is_empty()) {
             (Some(message), true) => message.clone(),
             _ => err.error_description.clone(),

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws2azure_shared::assertion::AUDIENCE;
+use aws2azure_shared::assertion::{AUDIENCE, JWT_BEARER};
 use aws2azure_shared::discovery::{DISCOVERY_PATH, DiscoveryDocument};
 use aws2azure_shared::jwk::JwkSet;
 use axum::extract::{Path, State};
@@ -362,14 +362,12 @@ impl EntraStandIn {
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
         })?;
-        if param("client_assertion_type")
-            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        {
+        if param("client_assertion_type") != Some(JWT_BEARER) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 50027,
-                "Invalid client_assertion_type: expected urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                format!("Invalid client_assertion_type: expected {JWT_BEARER}."),
             ));
         }
         let app: Vec<&FederatedCredential> = self

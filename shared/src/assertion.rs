@@ -14,6 +14,8 @@ use crate::jwk::{KeyId, RS256};
 use crate::profile::Subject;
 use crate::{Error, b64url};
 
+/// `client_assertion_type` of a JWT bearer assertion (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The audience Entra requires of federated assertions.
 pub const AUDIENCE: &str = "api://AzureADTokenExchange";
 /// Default assertion lifetime, seconds.

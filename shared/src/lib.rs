@@ -12,6 +12,8 @@
 //! - [`allowlist`]: CIDR sets with fast containment and the allowlist modes.
 //! - [`service_tags`]: Microsoft's Service Tags download, reduced to one tag.
 //! - [`clock`]: time, injected, so expiry rules are tested without waiting.
+//! - [`token_api`]: the token API's answers, as the signer writes them and
+//!   the client reads them.
 
 pub mod allowlist;
 pub mod assertion;
@@ -21,6 +23,7 @@ mod error;
 pub mod jwk;
 pub mod profile;
 pub mod service_tags;
+pub mod token_api;
 
 pub use error::Error;
 

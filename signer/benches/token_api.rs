@@ -23,7 +23,7 @@ use aws2azure_shared::jwk::Jwk;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::Error;
 use aws2azure_signer::api::handle;
-use aws2azure_signer::broker::{Broker, BrokerSettings};
+use aws2azure_signer::broker::{Broker, BrokerSettings, CacheOutcome};
 use aws2azure_signer::entra::{ExchangeRequest, IssuedToken, TokenExchange};
 use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};
 use aws2azure_signer::token::AccessToken;
@@ -111,7 +111,7 @@ fn main() {
             let t = Instant::now();
             let (response, audit) = handle(&warm, &req).await;
             samples.push(t.elapsed());
-            assert_eq!(audit.cache, Some("hit"));
+            assert_eq!(audit.cache, Some(CacheOutcome::Hit));
             std::hint::black_box(response);
         }
     });
@@ -128,7 +128,7 @@ fn main() {
             let t = Instant::now();
             let (response, audit) = handle(b, req).await;
             samples.push(t.elapsed());
-            assert_eq!(audit.cache, Some("miss"));
+            assert_eq!(audit.cache, Some(CacheOutcome::Miss));
             std::hint::black_box(response);
         }
     });

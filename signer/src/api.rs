@@ -1,5 +1,5 @@
 //! The token API at its boundary: an API Gateway REST request in, a JSON
-//! response out, plus one audit record per request.
+//! response out, plus one audit record ([`crate::audit`]) per request.
 //!
 //! `GET /token/{profile}[?min_validity=SECONDS]`. The caller's identity comes
 //! only from `requestContext.identity`, which API Gateway fills after it has
@@ -9,131 +9,15 @@
 use std::time::{Duration, Instant};
 
 use aws2azure_shared::profile::ProfileName;
+use aws2azure_shared::token_api::{ErrorDocument, TokenResponse};
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
-use serde_json::json;
 
-use crate::Error;
-use crate::broker::{Broker, Failed, Issued, MAX_MIN_VALIDITY_SECS, Upstream};
-
-/// Longest profile name echoed into a log line or an error.
-const ECHO_MAX: usize = 64;
-
-/// Who called, as API Gateway established it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct CallerIdentity {
-    /// `identity.userArn` as given (for an assumed role it includes the
-    /// session name).
-    pub arn: String,
-    /// A stable identity for grouping: the role ARN for assumed roles
-    /// (`arn:aws:iam::ACCOUNT:role/NAME`), else the ARN itself.
-    pub principal: String,
-    /// The role session name, for assumed roles.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<String>,
-}
-
-impl CallerIdentity {
-    pub fn from_request(req: &Request) -> Option<Self> {
-        let Some(RequestContext::ApiGatewayV1(ctx)) = req.request_context_ref() else {
-            return None;
-        };
-        let identity = &ctx.identity;
-        let arn = identity.user_arn.as_deref().filter(|a| !a.is_empty())?;
-        let (principal, session) = principal_of(arn);
-        Some(Self {
-            arn: arn.to_string(),
-            principal,
-            session,
-            account: identity.account_id.clone().filter(|a| !a.is_empty()),
-            source_ip: identity.source_ip.clone(),
-        })
-    }
-}
-
-/// `arn:aws:sts::111122223333:assumed-role/app/i-0abc` →
-/// (`arn:aws:iam::111122223333:role/app`, `Some("i-0abc")`). Role paths are
-/// not part of an assumed-role ARN, so the role ARN is given without one.
-pub fn principal_of(arn: &str) -> (String, Option<String>) {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    if let [_, partition, "sts", _, account, resource] = parts.as_slice()
-        && let Some(rest) = resource.strip_prefix("assumed-role/")
-        && let Some((role, session)) = rest.split_once('/')
-    {
-        return (
-            format!("arn:{partition}:iam::{account}:role/{role}"),
-            Some(session.to_string()),
-        );
-    }
-    (arn.to_string(), None)
-}
-
-/// One line per request in the audit log; never a token or an assertion.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AuditRecord {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller: Option<CallerIdentity>,
-    /// The requested profile as sent (still encoded, if it was), bounded
-    /// and with control characters replaced.
-    pub profile: String,
-    /// Whether `profile` names a configured profile: only then is it a
-    /// metric dimension (anything else is the caller's choice of string).
-    #[serde(skip)]
-    pub profile_configured: bool,
-    pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache: Option<&'static str>,
-    pub entra_calls: u32,
-    pub entra_ms: u64,
-    pub sign_calls: u32,
-    pub sign_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aadsts: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    pub shared_cache_degraded: bool,
-    pub duration_ms: u64,
-}
-
-impl AuditRecord {
-    /// Writes the audit line (through `tracing`, so it follows the Lambda
-    /// log format) and the metrics line.
-    pub fn emit(&self) {
-        let caller = self.caller.as_ref();
-        tracing::info!(
-            target: "aws2azure::audit",
-            request_id = self.request_id.as_deref(),
-            caller = caller.map(|c| c.arn.as_str()),
-            principal = caller.map(|c| c.principal.as_str()),
-            session = caller.and_then(|c| c.session.as_deref()),
-            account = caller.and_then(|c| c.account.as_deref()),
-            source_ip = caller.and_then(|c| c.source_ip.as_deref()),
-            profile = %self.profile,
-            status = self.status,
-            error = self.error,
-            cache = self.cache,
-            entra_calls = self.entra_calls,
-            entra_ms = self.entra_ms,
-            sign_calls = self.sign_calls,
-            sign_ms = self.sign_ms,
-            aadsts = self.aadsts,
-            correlation_id = self.correlation_id.as_deref(),
-            shared_cache_degraded = self.shared_cache_degraded,
-            duration_ms = self.duration_ms,
-            "token request"
-        );
-    }
-}
+use crate::audit::{AuditRecord, CallerIdentity};
+use crate::broker::{Broker, Failed, Issued, MinValidity};
+use crate::{Error, echo};
 
 /// Handles a request and emits its audit and metrics lines.
 pub async fn serve(broker: &Broker, req: Request) -> Response<Body> {
@@ -160,12 +44,12 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
     let result = answer(broker, req, &mut audit).await;
     let response = match result {
         Ok(issued) => {
-            audit.cache = Some(issued.outcome.as_str());
+            audit.cache = Some(issued.outcome);
             audit.upstream(&issued.upstream);
             if let Some(err) = &issued.absorbed_error {
                 audit.aadsts = err.aadsts();
             }
-            success(&audit.profile, broker, &issued)
+            success(broker, &issued)
         }
         Err(Failed {
             error: err,
@@ -179,7 +63,7 @@ pub async fn handle(broker: &Broker, req: &Request) -> (Response<Body>, AuditRec
             }
             audit.error = Some(code);
             audit.aadsts = err.aadsts();
-            if let Error::Entra { correlation_id, .. } = &err {
+            if let Error::Entra { correlation_id, .. } = &*err {
                 audit.correlation_id = correlation_id.clone();
             }
             failure(status, code, &err)
@@ -216,19 +100,9 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
         }
     }
     let deadline = broker.settings().request_deadline;
-    match tokio::time::timeout(deadline, broker.token(name.as_str(), min_validity)).await {
+    match tokio::time::timeout(deadline, broker.token(&name, min_validity)).await {
         Ok(result) => result,
         Err(_) => Err(Error::DeadlineExceeded(deadline).into()),
-    }
-}
-
-impl AuditRecord {
-    fn upstream(&mut self, upstream: &Upstream) {
-        self.entra_calls = upstream.entra_calls;
-        self.entra_ms = upstream.entra_ms;
-        self.sign_calls = upstream.sign_calls;
-        self.sign_ms = upstream.sign_ms;
-        self.shared_cache_degraded = upstream.shared_cache_degraded;
     }
 }
 
@@ -293,9 +167,9 @@ fn profile_name(segments: &[(&'static str, String)]) -> Result<ProfileName, Erro
     ProfileName::parse(raw).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
-fn min_validity(req: &Request) -> Result<u64, Error> {
+fn min_validity(req: &Request) -> Result<MinValidity, Error> {
     let Some(params) = req.query_string_parameters_ref() else {
-        return Ok(0);
+        return Ok(MinValidity::default());
     };
     let mut value = None;
     for (name, v) in params.iter() {
@@ -309,52 +183,33 @@ fn min_validity(req: &Request) -> Result<u64, Error> {
             return Err(Error::InvalidRequest("min_validity is given twice".into()));
         }
     }
-    match value {
-        None => Ok(0),
-        Some(v) => v.parse::<u64>().ok().filter(|s| *s <= MAX_MIN_VALIDITY_SECS).ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "min_validity must be a whole number of seconds from 0 to {MAX_MIN_VALIDITY_SECS}, \
-                 not `{}`",
-                echo(v)
-            ))
-        }),
-    }
+    value.map_or(Ok(MinValidity::default()), MinValidity::parse)
 }
 
-fn echo(input: &str) -> String {
-    aws2azure_shared::echo(input, ECHO_MAX)
-}
-
-fn success(profile: &str, broker: &Broker, issued: &Issued) -> Response<Body> {
+fn success(broker: &Broker, issued: &Issued) -> Response<Body> {
     let now = broker.now_unix();
-    let scope = broker
-        .profiles()
-        .get(profile)
-        .map(|p| p.scope.as_str())
-        .unwrap_or_default();
-    let body = json!({
-        "access_token": issued.token.access_token.expose(),
-        "token_type": issued.token.token_type,
-        "expires_in": issued.token.expires_on.saturating_sub(now),
-        "expires_on": issued.token.expires_on,
-        "profile": profile,
-        "scope": scope,
-    });
+    let body = TokenResponse {
+        access_token: issued.token.access_token.expose().to_string(),
+        expires_in: issued.token.expires_on.saturating_sub(now),
+        expires_on: issued.token.expires_on,
+        profile: issued.profile.name.to_string(),
+        scope: issued.profile.scope.to_string(),
+        token_type: issued.token.token_type.clone(),
+    };
     json_response(StatusCode::OK, &body)
 }
 
 fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body> {
-    let mut body = json!({ "error": code, "error_description": err.public_description() });
-    if let Some(aadsts) = err.aadsts() {
-        body["aadsts"] = json!(format!("AADSTS{aadsts}"));
-    }
-    if let Error::Entra {
-        correlation_id: Some(id),
-        ..
-    } = err
-    {
-        body["correlation_id"] = json!(id);
-    }
+    let body = ErrorDocument {
+        aadsts: err.aadsts().map(|code| format!("AADSTS{code}")),
+        correlation_id: match err {
+            Error::Entra { correlation_id, .. } => correlation_id.clone(),
+            _ => None,
+        },
+        error: code.to_string(),
+        error_description: err.public_description(),
+        message: None,
+    };
     let mut response = json_response(status, &body);
     if matches!(
         status,
@@ -377,43 +232,23 @@ fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body
     response
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    // Plain structs of strings and numbers: serializing cannot fail.
+    let body = serde_json::to_string(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::PRAGMA, "no-cache")
         .header("x-content-type-options", "nosniff")
-        .body(Body::Text(body.to_string()))
+        .body(Body::Text(body))
         .expect("static headers are valid")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn assumed_roles_reduce_to_their_role() {
-        assert_eq!(
-            principal_of("arn:aws:sts::111122223333:assumed-role/app-role/i-0abc123"),
-            (
-                "arn:aws:iam::111122223333:role/app-role".to_string(),
-                Some("i-0abc123".to_string())
-            )
-        );
-        assert_eq!(
-            principal_of("arn:aws-us-gov:sts::111122223333:assumed-role/r/botocore-session-1"),
-            (
-                "arn:aws-us-gov:iam::111122223333:role/r".to_string(),
-                Some("botocore-session-1".to_string())
-            )
-        );
-        assert_eq!(
-            principal_of("arn:aws:iam::111122223333:user/alice"),
-            ("arn:aws:iam::111122223333:user/alice".to_string(), None)
-        );
-        assert_eq!(principal_of("garbage"), ("garbage".to_string(), None));
-    }
+    use crate::ECHO_MAX;
 
     #[test]
     fn echo_is_bounded_and_printable() {

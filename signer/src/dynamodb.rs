@@ -62,6 +62,25 @@ impl DynamoDbCache {
         &self.table
     }
 
+    /// A conditional write's result: `true` when written, `false` when its
+    /// condition did not hold (a longer-lived token already stored, a lease
+    /// held by someone else, a lease no longer ours).
+    fn conditional<T, E, R>(&self, result: Result<T, SdkError<E, R>>) -> Result<bool, Error>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(s))
+                if s.err().code() == Some("ConditionalCheckFailedException") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.map_error(e)),
+        }
+    }
+
     fn map_error<E, R>(&self, err: SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -85,10 +104,6 @@ impl DynamoDbCache {
             other => Error::Cache(other.to_string()),
         }
     }
-}
-
-fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
-    matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("ConditionalCheckFailedException"))
 }
 
 fn n(v: u64) -> AttributeValue {
@@ -172,11 +187,7 @@ impl SharedCache for DynamoDbCache {
             .expression_attribute_values(":expires_on", n(token.expires_on))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(self.map_error(e)),
-        }
+        self.conditional(result).map(|_| ())
     }
 
     async fn try_lease(
@@ -203,11 +214,7 @@ impl SharedCache for DynamoDbCache {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(self.map_error(e)),
-        }
+        self.conditional(result)
     }
 
     async fn release_lease(&self, key: &CacheKey, holder: &str) -> Result<(), Error> {
@@ -220,10 +227,6 @@ impl SharedCache for DynamoDbCache {
             .expression_attribute_values(":holder", s(holder))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(self.map_error(e)),
-        }
+        self.conditional(result).map(|_| ())
     }
 }

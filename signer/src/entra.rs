@@ -4,14 +4,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws2azure_shared::assertion::ClientAssertion;
+use aws2azure_shared::assertion::{ClientAssertion, JWT_BEARER};
 use serde::Deserialize;
 
 use crate::Error;
 use crate::token::AccessToken;
-
-/// `client_assertion_type` for a JWT bearer assertion (RFC 7523).
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// One token request.
 #[derive(Debug)]
@@ -55,7 +52,7 @@ impl EntraClient {
             .user_agent(concat!("aws2azure/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(270))
             .build()
-            .map_err(|e| Error::config("entra http client", e.to_string()))?;
+            .map_err(|e| Error::HttpClient(e.to_string()))?;
         Ok(Self {
             http,
             attempt_timeout,

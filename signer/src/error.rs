@@ -11,11 +11,11 @@ pub const RETRYABLE_AADSTS: [u32; 3] = [70021, 50166, 90061];
 /// retry fixes.
 pub const CONFIGURATION_AADSTS: [u32; 3] = [700211, 700212, 700213];
 
-/// Every failure of the broker. It is `Clone` because one load is shared by
-/// every request waiting on it (single flight).
+/// Every failure of the broker. One load's failure is shared by every
+/// request waiting on it (single flight) behind an `Arc`.
 ///
 /// No variant ever holds an access token or a client assertion.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq, Eq)]
 pub enum Error {
     #[error("no profile named `{0}` is configured")]
     UnknownProfile(String),
@@ -82,6 +82,11 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The HTTPS client for Entra could not be set up (its TLS backend):
+    /// nothing an operator's setting changes.
+    #[error("the HTTPS client for Entra could not be built: {0}")]
+    HttpClient(String),
 
     #[error("setting `{setting}`: {reason}")]
     Config {
@@ -156,9 +161,11 @@ impl Error {
             Self::Kms { .. } | Self::LocalKey(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "signer_unavailable")
             }
-            Self::Cache(_) | Self::Config { .. } | Self::Shared(_) | Self::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-            }
+            Self::Cache(_)
+            | Self::Config { .. }
+            | Self::Shared(_)
+            | Self::Internal(_)
+            | Self::HttpClient(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
 
@@ -174,7 +181,8 @@ impl Error {
             | Self::Cache(_)
             | Self::Config { .. }
             | Self::Shared(_)
-            | Self::Internal(_) => {
+            | Self::Internal(_)
+            | Self::HttpClient(_) => {
                 "the signer failed; the operator will find the details in the function's log".into()
             }
             other => other.to_string(),

@@ -12,6 +12,7 @@
 //! Lambda (`bootstrap`).
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod dynamodb;
@@ -26,3 +27,13 @@ pub mod signing;
 pub mod token;
 
 pub use error::{CONFIGURATION_AADSTS, Error, RETRYABLE_AADSTS};
+
+/// Longest caller input (a profile name, a query parameter) echoed into a
+/// log line or an error.
+pub(crate) const ECHO_MAX: usize = 64;
+
+/// Caller input as it may appear in a log line or an error: bounded, with
+/// control characters replaced.
+pub(crate) fn echo(input: &str) -> String {
+    aws2azure_shared::echo(input, ECHO_MAX)
+}

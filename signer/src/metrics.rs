@@ -6,7 +6,8 @@
 
 use serde_json::json;
 
-use crate::api::AuditRecord;
+use crate::audit::AuditRecord;
+use crate::broker::CacheOutcome;
 
 pub const NAMESPACE: &str = "aws2azure";
 /// The `Profile` dimension of requests for no configured profile. Profile
@@ -35,9 +36,7 @@ pub fn now_millis() -> u64 {
 /// above do not gain a dimensionless copy each: one alarm covers every
 /// profile and code, including profiles added after the alarm.
 pub fn emf_line(audit: &AuditRecord, timestamp_ms: u64) -> String {
-    let hit = audit
-        .cache
-        .is_some_and(|c| matches!(c, "hit" | "shared-hit" | "stale" | "peer"));
+    let hit = audit.cache.is_some_and(CacheOutcome::is_hit);
     let miss = audit.cache.is_some() && !hit;
     let error_code = match (audit.aadsts, audit.error) {
         (Some(code), _) => Some(format!("AADSTS{code}")),
@@ -97,7 +96,7 @@ mod tests {
             profile: "graph".into(),
             profile_configured: true,
             status: 200,
-            cache: Some("hit"),
+            cache: Some(CacheOutcome::Hit),
             ..AuditRecord::default()
         };
         let v: serde_json::Value = serde_json::from_str(&emf_line(&hit, 42)).unwrap();
@@ -158,7 +157,7 @@ mod tests {
             profile: "graph".into(),
             profile_configured: true,
             status: 200,
-            cache: Some("hit"),
+            cache: Some(CacheOutcome::Hit),
             ..AuditRecord::default()
         };
         let unavailable = AuditRecord {

@@ -24,6 +24,30 @@ pub async fn aws_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
+/// How many attempts an SDK client makes and how long each may take.
+struct ClientLimits {
+    attempts: u32,
+    connect: Duration,
+    attempt: Duration,
+    operation: Duration,
+}
+
+impl ClientLimits {
+    /// The environment's configuration with these limits.
+    fn apply(&self, aws: &SdkConfig) -> SdkConfig {
+        aws.to_builder()
+            .retry_config(RetryConfig::standard().with_max_attempts(self.attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.connect)
+                    .operation_attempt_timeout(self.attempt)
+                    .operation_timeout(self.operation)
+                    .build(),
+            )
+            .build()
+    }
+}
+
 /// Builds the broker: resolves the KMS key and checks the cache table now
 /// (a wrong key or table fails init, loudly; an unavailable service only
 /// logs), and with `warm_entra` opens the connections to Entra, so that the
@@ -36,18 +60,14 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
         KeySource::Kms(key_ref) => {
             // KMS throttling (ThrottlingException) is retried here, bounded:
             // 3 attempts with the SDK's jittered backoff.
-            let kms_config = aws_sdk_kms::config::Builder::from(aws)
-                .retry_config(RetryConfig::standard().with_max_attempts(3))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(2))
-                        .operation_attempt_timeout(Duration::from_secs(3))
-                        .operation_timeout(Duration::from_secs(8))
-                        .build(),
-                )
-                .build();
+            let kms = ClientLimits {
+                attempts: 3,
+                connect: Duration::from_secs(2),
+                attempt: Duration::from_secs(3),
+                operation: Duration::from_secs(8),
+            };
             let signer = KmsSigner::new(
-                aws_sdk_kms::Client::from_conf(kms_config),
+                aws_sdk_kms::Client::new(&kms.apply(aws)),
                 key_ref,
                 clock.clone(),
             );
@@ -83,18 +103,15 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
         Some(table) => {
             // The shared tier is an optimisation: fail fast and fall back to
             // the in-process tier rather than hold a caller for long.
-            let ddb_config = aws_sdk_dynamodb::config::Builder::from(aws)
-                .retry_config(RetryConfig::standard().with_max_attempts(2))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_millis(500))
-                        .operation_attempt_timeout(Duration::from_millis(800))
-                        // The broker's budget for one shared-tier call.
-                        .operation_timeout(config.broker.shared_cache_timeout)
-                        .build(),
-                )
-                .build();
-            let cache = DynamoDbCache::new(aws_sdk_dynamodb::Client::from_conf(ddb_config), table);
+            let dynamodb = ClientLimits {
+                attempts: 2,
+                connect: Duration::from_millis(500),
+                attempt: Duration::from_millis(800),
+                // The broker's budget for one shared-tier call.
+                operation: config.broker.shared_cache_timeout,
+            };
+            let cache =
+                DynamoDbCache::new(aws_sdk_dynamodb::Client::new(&dynamodb.apply(aws)), table);
             match cache.check().await {
                 Ok(()) => {}
                 // DynamoDB down degrades to the in-process tier; it does not

@@ -52,13 +52,9 @@ impl SignerConfig {
     /// Reads settings through `lookup` (the environment in production, a map
     /// in tests); files named by settings are read from disk.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let env = Env(lookup);
 
-        let issuer = get(ISSUER).ok_or_else(|| {
+        let issuer = env.get(ISSUER).ok_or_else(|| {
             Error::config(
                 ISSUER,
                 "is not set; set it to the public URL of the edge, exactly as registered in the \
@@ -67,55 +63,36 @@ impl SignerConfig {
         })?;
         let issuer = Issuer::parse(&issuer).map_err(|e| Error::config(ISSUER, e.to_string()))?;
 
-        let profiles_json = match (get(PROFILES), get(PROFILES_FILE)) {
-            (Some(json), None) => json,
-            (None, Some(path)) => std::fs::read_to_string(&path)
+        let no_profiles = format!(
+            "no profiles: set {PROFILES} to a JSON object such as \
+             {{\"graph\": {{\"tenant_id\": ..., \"client_id\": ..., \"scope\": \
+             \"https://graph.microsoft.com/.default\", \"subject\": ...}}}} or \
+             {PROFILES_FILE} to a file holding it"
+        );
+        let profiles_json = match env.one_of(PROFILES, PROFILES_FILE, &no_profiles)? {
+            OneOf::First(json) => json,
+            OneOf::Second(path) => std::fs::read_to_string(&path)
                 .map_err(|e| Error::config(PROFILES_FILE, format!("cannot read `{path}`: {e}")))?,
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    PROFILES,
-                    format!("set either {PROFILES} or {PROFILES_FILE}, not both"),
-                ));
-            }
-            (None, None) => {
-                return Err(Error::config(
-                    PROFILES,
-                    format!(
-                        "no profiles: set {PROFILES} to a JSON object such as \
-                         {{\"graph\": {{\"tenant_id\": ..., \"client_id\": ..., \"scope\": \
-                         \"https://graph.microsoft.com/.default\", \"subject\": ...}}}} or \
-                         {PROFILES_FILE} to a file holding it"
-                    ),
-                ));
-            }
         };
         let profiles = Profiles::from_json(&profiles_json)
             .map_err(|e| Error::config(PROFILES, e.to_string()))?;
 
-        let key = match (get(KMS_KEY), get(SIGNING_KEY_FILE)) {
-            (Some(kms), None) => KeySource::Kms(kms),
-            (None, Some(path)) => KeySource::PemFile(path),
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    KMS_KEY,
-                    format!("set either {KMS_KEY} or {SIGNING_KEY_FILE}, not both"),
-                ));
-            }
-            (None, None) => {
-                return Err(Error::config(
-                    KMS_KEY,
-                    "is not set; set it to the signing key's alias (e.g. alias/aws2azure-current) or ARN",
-                ));
-            }
+        let key = match env.one_of(
+            KMS_KEY,
+            SIGNING_KEY_FILE,
+            "is not set; set it to the signing key's alias (e.g. alias/aws2azure-current) or ARN",
+        )? {
+            OneOf::First(kms) => KeySource::Kms(kms),
+            OneOf::Second(path) => KeySource::PemFile(path),
         };
 
         let mut broker = BrokerSettings::new(issuer);
-        broker.refresh_margin_secs = number(&get, REFRESH_MARGIN, 300, 60..=1800)?;
-        broker.assertion_lifetime_secs = number(&get, ASSERTION_LIFETIME, 300, 60..=600)?;
+        broker.refresh_margin_secs = env.number(REFRESH_MARGIN, 300, 60..=1800)?;
+        broker.assertion_lifetime_secs = env.number(ASSERTION_LIFETIME, 300, 60..=600)?;
         check_lifetime(broker.assertion_lifetime_secs)
             .map_err(|e| Error::config(ASSERTION_LIFETIME, e.to_string()))?;
-        let attempt_ms = number(&get, ENTRA_ATTEMPT_TIMEOUT, 5_000, 500..=10_000)?;
-        let deadline_ms = number(&get, ENTRA_DEADLINE, 15_000, 1_000..=25_000)?;
+        let attempt_ms = env.number(ENTRA_ATTEMPT_TIMEOUT, 5_000, 500..=10_000)?;
+        let deadline_ms = env.number(ENTRA_DEADLINE, 15_000, 1_000..=25_000)?;
         if attempt_ms > deadline_ms {
             return Err(Error::config(
                 ENTRA_ATTEMPT_TIMEOUT,
@@ -127,7 +104,7 @@ impl SignerConfig {
             .check_budget()
             .map_err(|e| Error::config(ENTRA_DEADLINE, e.to_string()))?;
 
-        let warm_entra = match get(WARM_ENTRA).as_deref() {
+        let warm_entra = match env.get(WARM_ENTRA).as_deref() {
             None | Some("true") | Some("1") => true,
             Some("false") | Some("0") => false,
             Some(other) => {
@@ -142,35 +119,72 @@ impl SignerConfig {
             profiles,
             broker,
             key,
-            cache_table: get(CACHE_TABLE),
+            cache_table: env.get(CACHE_TABLE),
             entra_attempt_timeout: Duration::from_millis(attempt_ms),
             warm_entra,
         })
     }
 }
 
-fn number(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &'static str,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<u64, Error> {
-    match get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                Error::config(
-                    name,
-                    format!(
-                        "`{v}` is not a whole number from {} to {} (default {default})",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
+/// Settings read through a lookup, each trimmed, an empty one as unset.
+struct Env<F>(F);
+
+/// Which of two settings that say one thing two ways was given.
+enum OneOf {
+    First(String),
+    Second(String),
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole number within `range`, or `default` when unset.
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, Error> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    Error::config(
+                        name,
+                        format!(
+                            "`{v}` is not a whole number from {} to {} (default {default})",
+                            range.start(),
+                            range.end()
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// Exactly one of `first` and `second`; `missing` says what to set when
+    /// neither is. Errors name `first`.
+    fn one_of(
+        &self,
+        first: &'static str,
+        second: &'static str,
+        missing: &str,
+    ) -> Result<OneOf, Error> {
+        match (self.get(first), self.get(second)) {
+            (Some(value), None) => Ok(OneOf::First(value)),
+            (None, Some(value)) => Ok(OneOf::Second(value)),
+            (Some(_), Some(_)) => Err(Error::config(
+                first,
+                format!("set either {first} or {second}, not both"),
+            )),
+            (None, None) => Err(Error::config(first, missing)),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::JwkSet;
 use aws2azure_signer::api::handle;
+use aws2azure_signer::broker::CacheOutcome;
 use aws2azure_signer::kms::KmsSigner;
 use aws2azure_tests::aws::unique;
 use aws2azure_tests::event;
@@ -43,7 +44,7 @@ async fn a_kms_signed_assertion_is_validated_against_the_wasm_edge() {
         panic!("text body")
     };
     assert_eq!(response.status(), 200, "{text}");
-    assert_eq!(audit.cache, Some("miss"));
+    assert_eq!(audit.cache, Some(CacheOutcome::Miss));
     let stats = fed.entra.stats();
     assert_eq!(
         (stats.discovery_fetches, stats.jwks_fetches, stats.issued),

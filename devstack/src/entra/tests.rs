@@ -106,10 +106,7 @@ impl Rig {
                 ("grant_type", "client_credentials"),
                 ("client_id", CLIENT),
                 ("scope", "api://resource/.default"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
+                ("client_assertion_type", JWT_BEARER),
                 ("client_assertion", assertion.as_str()),
             ])
             .send()

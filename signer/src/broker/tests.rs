@@ -2,16 +2,23 @@
 //! module only; the adapters are tested against moto and the devstack's
 //! Entra-compatible endpoint in the `tests` crate).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws2azure_shared::assertion::{AssertionClaims, ClientAssertion};
+use aws2azure_shared::clock::{Clock, ManualClock};
+use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::Jwk;
+use aws2azure_shared::profile::{ProfileName, Profiles};
 
 use super::*;
-use crate::token::AccessToken;
-use aws2azure_shared::clock::ManualClock;
+use crate::cache::{CacheKey, SharedCache};
+use crate::entra::{ExchangeRequest, IssuedToken, TokenExchange};
+use crate::signing::AssertionSigner;
+use crate::token::{AccessToken, CachedToken};
 
 const T0: u64 = 1_800_000_000;
 
@@ -130,6 +137,10 @@ fn rig_tuned(
     }
 }
 
+fn profile(name: &str) -> ProfileName {
+    ProfileName::parse(name).unwrap()
+}
+
 fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Error {
     Error::Entra {
         status,
@@ -142,9 +153,10 @@ fn entra_error(status: u16, aadsts: Option<u32>, retry_after: Option<u64>) -> Er
 }
 
 impl Rig {
-    async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Error> {
+    async fn token(&self, name: &str, min_validity: u64) -> Result<Issued, Arc<Error>> {
+        let min_validity = MinValidity::new(min_validity).map_err(Arc::new)?;
         self.broker
-            .token(name, min_validity)
+            .token(&profile(name), min_validity)
             .await
             .map_err(|f| f.error)
     }
@@ -168,8 +180,8 @@ async fn hits_never_call_kms_or_entra() {
     }
     assert_eq!((r.sign_calls(), r.entra_calls()), (1, 1));
     assert!(matches!(
-        r.token("nope", 0).await,
-        Err(Error::UnknownProfile(_))
+        r.token("nope", 0).await.err().as_deref(),
+        Some(Error::UnknownProfile(_))
     ));
 }
 
@@ -209,7 +221,7 @@ async fn a_failed_refresh_serves_the_still_valid_token() {
     assert_eq!(served.outcome, CacheOutcome::Stale);
     assert_eq!(served.token, first.token);
     assert_eq!(
-        served.absorbed_error.as_ref().and_then(Error::aadsts),
+        served.absorbed_error.as_ref().and_then(|e| e.aadsts()),
         Some(700213)
     );
     // Once the old token no longer satisfies the caller, the error shows.
@@ -238,8 +250,11 @@ async fn min_validity_forces_a_fresh_token() {
     );
     assert!(issued.token.remaining(r.clock.now_unix()) >= 1000);
     assert!(matches!(
-        r.token("graph", MAX_MIN_VALIDITY_SECS + 1).await,
-        Err(Error::InvalidRequest(_))
+        r.token("graph", MAX_MIN_VALIDITY_SECS + 1)
+            .await
+            .err()
+            .as_deref(),
+        Some(Error::InvalidRequest(_))
     ));
 }
 
@@ -347,7 +362,11 @@ async fn short_lived_tokens_refresh_at_half_life() {
         None,
         Arc::new(r.clock.clone()),
     );
-    let t = broker.token("graph", 0).await.unwrap().token;
+    let t = broker
+        .token(&profile("graph"), MinValidity::default())
+        .await
+        .unwrap()
+        .token;
     assert!(
         t.refresh_on > T0 + 150 && t.refresh_on <= T0 + 200,
         "{}",
@@ -399,7 +418,7 @@ async fn a_panicking_adapter_fails_one_load_not_the_profile() {
     let r = rig(vec![], Duration::ZERO);
     r.entra.panic_next.store(true, Ordering::SeqCst);
     let err = r.token("graph", 0).await.unwrap_err();
-    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert!(matches!(*err, Error::Internal(_)), "{err:?}");
     assert_eq!(err.api_status().0, http::StatusCode::INTERNAL_SERVER_ERROR);
     let issued = r.token("graph", 0).await.unwrap();
     assert_eq!(
@@ -526,7 +545,7 @@ async fn a_busy_peer_with_nothing_to_serve_gives_503_not_a_stampede() {
     let (r, shared) = shared_rig();
     peer_holds_lease(&shared);
     let err = r.token("graph", 0).await.unwrap_err();
-    assert_eq!(err, Error::PeerBusy);
+    assert_eq!(*err, Error::PeerBusy);
     assert_eq!(err.api_status().0, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.entra_calls(), 0);
 }
@@ -647,17 +666,6 @@ async fn a_shared_tier_that_never_answers_costs_one_call_timeout() {
     );
 }
 
-#[test]
-fn settings_whose_worst_case_exceeds_the_request_deadline_are_refused() {
-    let mut settings = BrokerSettings::new(Issuer::parse("https://issuer.example.com").unwrap());
-    assert_eq!(settings.check_budget(), Ok(()));
-    assert!(settings.worst_case() <= settings.request_deadline);
-    settings.exchange_deadline = Duration::from_secs(25);
-    let err = settings.check_budget().unwrap_err();
-    assert_eq!(err.largest_exchange, Duration::from_secs(16));
-    assert!(err.to_string().contains("at most 16000 ms"), "{err}");
-}
-
 #[tokio::test]
 async fn a_caller_with_a_valid_token_waits_no_longer_than_a_refresh_for_a_full_load() {
     let r = rig_tuned(
@@ -669,7 +677,11 @@ async fn a_caller_with_a_valid_token_waits_no_longer_than_a_refresh_for_a_full_l
     r.clock.set(first.token.refresh_on + 1);
     // A demanding caller starts a full load (the old token cannot serve it).
     let broker = r.broker.clone();
-    let demanding = tokio::spawn(async move { broker.token("graph", 1000).await });
+    let demanding = tokio::spawn(async move {
+        broker
+            .token(&profile("graph"), MinValidity::new(1000).unwrap())
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let steady = r.token("graph", 0).await.unwrap();

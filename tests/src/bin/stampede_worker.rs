@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws2azure_devstack::moto::sdk_config_for;
 use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
-use aws2azure_signer::broker::{Broker, BrokerSettings};
+use aws2azure_shared::profile::ProfileName;
+use aws2azure_signer::broker::{Broker, BrokerSettings, MinValidity};
 use aws2azure_signer::dynamodb::DynamoDbCache;
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::kms::KmsSigner;
@@ -52,7 +53,11 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(now))).await;
 
     let n: usize = requests.parse().unwrap();
-    let results = futures_util::future::join_all((0..n).map(|_| broker.token("graph", 0))).await;
+    let graph = ProfileName::parse("graph").unwrap();
+    let results = futures_util::future::join_all(
+        (0..n).map(|_| broker.token(&graph, MinValidity::default())),
+    )
+    .await;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut tokens = std::collections::BTreeSet::new();
     for r in results {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use aws2azure_devstack::entra::{ASSERTION_KID_CLAIM, EntraStandIn, issued_claims};
 use aws2azure_keys::public::PublicKeySet;
 use aws2azure_keys::rotation::{Action, Report, Rotator};
-use aws2azure_signer::broker::{Broker, CacheOutcome, MAX_MIN_VALIDITY_SECS};
+use aws2azure_shared::profile::ProfileName;
+use aws2azure_signer::broker::{Broker, CacheOutcome, MAX_MIN_VALIDITY_SECS, MinValidity};
 
 use super::{CLIENT_PAUSE, Rig, TICK};
 
@@ -99,9 +100,12 @@ pub fn start_client(broker: Broker, entra: EntraStandIn, started: Instant) -> Ta
     let handle = tokio::spawn({
         let (stop, state) = (stop.clone(), state.clone());
         async move {
+            let graph = ProfileName::parse("graph").expect("a valid name");
             while !stop.load(Ordering::SeqCst) {
                 let before = entra.stats().token_requests;
-                let result = broker.token("graph", MAX_MIN_VALIDITY_SECS).await;
+                let result = broker
+                    .token(&graph, MinValidity::new(MAX_MIN_VALIDITY_SECS).unwrap())
+                    .await;
                 let seen_by_entra = entra.stats().token_requests - before;
                 let at = started.elapsed().as_secs_f64();
                 // Checked before the lock is taken, so that a failed check
