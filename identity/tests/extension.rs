@@ -3,6 +3,12 @@
 //! API, which registers it and sends INVOKE and SHUTDOWN; tokens come from
 //! a real token API on loopback (the SigV4 gateway in front of the broker,
 //! the Entra stand-in trusting the edge's issuer).
+//!
+//! By default the native build runs. To run the deployable one instead, set
+//! `AWS2AZURE_EXTENSION` to its path and, for a foreign architecture,
+//! `AWS2AZURE_EXTENSION_RUNNER` to the emulator command (whitespace-separated)
+//! that runs it: `scripts/test-arm64` runs the arm64 layer's binary under
+//! `qemu-aarch64-static -L /usr/aarch64-linux-gnu`.
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,7 +30,26 @@ use aws2azure_signer::signing::LocalKeySigner;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aws2azure-identity");
+/// The extension process to start: `AWS2AZURE_EXTENSION` (default: the
+/// native build) behind the optional `AWS2AZURE_EXTENSION_RUNNER`.
+fn extension() -> tokio::process::Command {
+    let binary = std::env::var("AWS2AZURE_EXTENSION")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_aws2azure-identity").to_string());
+    assert!(
+        std::path::Path::new(&binary).is_file(),
+        "AWS2AZURE_EXTENSION={binary} is not a file: build it (./scripts/build-lambda --extension) or unset it"
+    );
+    let runner = std::env::var("AWS2AZURE_EXTENSION_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        None => tokio::process::Command::new(binary),
+        Some(emulator) => {
+            let mut command = tokio::process::Command::new(emulator);
+            command.args(runner).arg(binary);
+            command
+        }
+    }
+}
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "00000000-1111-2222-3333-444444444444";
 const SUBJECT: &str = "aws2azure:graph";
@@ -152,7 +177,7 @@ impl Extension {
             ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
         ];
         tune(&mut env);
-        let mut child = tokio::process::Command::new(BIN)
+        let mut child = extension()
             .env_clear()
             .envs(env)
             .stdout(Stdio::null())
