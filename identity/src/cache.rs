@@ -20,15 +20,12 @@ use std::time::Duration;
 
 use aws2azure_shared::clock::Clock;
 use aws2azure_shared::profile::ProfileName;
+use aws2azure_shared::token_api::MAX_MIN_VALIDITY_SECS;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use crate::Error;
 use crate::source::{Token, TokenSource};
-
-/// Largest `min_validity` the token API accepts (Entra's tokens live 60 to
-/// 90 minutes).
-const MAX_MIN_VALIDITY: u64 = 3300;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CachePolicy {
@@ -144,7 +141,8 @@ impl TokenCache {
                 {
                     // Ask for more life than the held token has, so the
                     // token API cannot answer with the same token again.
-                    let wanted = (token.remaining(now) + 60).clamp(policy.floor, MAX_MIN_VALIDITY);
+                    let wanted =
+                        (token.remaining(now) + 60).clamp(policy.floor, MAX_MIN_VALIDITY_SECS);
                     drop(self.inner.start(entry, profile, wanted));
                 }
                 return Ok((token, Origin::Cache));
@@ -183,7 +181,7 @@ impl TokenCache {
                         Some((_, flight)) => flight.clone(),
                         None => {
                             let held = entry.token.as_ref().map_or(0, |t| t.remaining(now));
-                            let wanted = (held + 60).clamp(policy.floor, MAX_MIN_VALIDITY);
+                            let wanted = (held + 60).clamp(policy.floor, MAX_MIN_VALIDITY_SECS);
                             self.inner.start(entry, profile, wanted)
                         }
                     };

@@ -9,6 +9,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest `min_validity` (seconds) the token API accepts: Entra's
+/// client-credential tokens live 60 to 90 minutes, so asking for more than
+/// 55 can never be met.
+pub const MAX_MIN_VALIDITY_SECS: u64 = 3300;
+
 /// The answer to a successful request.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenResponse {

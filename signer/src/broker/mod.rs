@@ -91,9 +91,8 @@ struct Inner {
     instance_id: String,
 }
 
-/// Largest `min_validity` accepted: Entra's client-credential tokens live
-/// 60 to 90 minutes, so asking for more than 55 can never be met.
-pub const MAX_MIN_VALIDITY_SECS: u64 = 3300;
+/// The token API's bound, from its wire format's one home.
+pub use aws2azure_shared::token_api::MAX_MIN_VALIDITY_SECS;
 
 /// Seconds a caller needs a token to stay valid: from 0 to
 /// [`MAX_MIN_VALIDITY_SECS`], checked here and nowhere else.
