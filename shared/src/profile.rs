@@ -485,19 +485,11 @@ fn reason_only(field: &'static str, reason: String) -> Error {
     }
 }
 
-/// Echoes user input into an error safely: bounded and without control
-/// characters, so a hostile value cannot flood or forge log lines.
-pub(crate) fn printable(input: &str) -> String {
-    const MAX: usize = 80;
-    let mut out: String = input
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if input.chars().count() > MAX {
-        out.push('…');
-    }
-    out
+/// How much of a refused value an error echoes (through [`crate::echo`]).
+const MAX_ECHO: usize = 80;
+
+fn printable(input: &str) -> String {
+    crate::echo(input, MAX_ECHO)
 }
 
 fn is_guid(s: &str) -> bool {
