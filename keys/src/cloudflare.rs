@@ -435,24 +435,13 @@ fn transport_reason(e: &reqwest::Error) -> String {
     sanitise(&parts.join(": "))
 }
 
-/// Printable, one line, at most [`MAX_MESSAGE_CHARS`] characters.
+/// Printable, one line, at most [`MAX_MESSAGE_CHARS`] characters: runs of
+/// whitespace and control characters become one space, and the bounding is
+/// the shared crate's.
 fn sanitise(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = 0;
-    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
-        if word.is_empty() {
-            continue;
-        }
-        for piece in (!out.is_empty()).then_some(" ").into_iter().chain([word]) {
-            for c in piece.chars() {
-                if chars == MAX_MESSAGE_CHARS {
-                    out.push('…');
-                    return out;
-                }
-                out.push(c);
-                chars += 1;
-            }
-        }
-    }
-    out
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect();
+    aws2azure_shared::echo(&words.join(" "), MAX_MESSAGE_CHARS)
 }
