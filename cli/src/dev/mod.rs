@@ -129,13 +129,12 @@ fn local_principal() -> Principal {
 
 /// Runs the loop; returns when interrupted (or after the demo with `once`).
 pub async fn run(options: DevOptions) -> Result<(), Error> {
-    let dev = |e: &dyn std::fmt::Display| Error::Dev(e.to_string());
-    let signer = LocalKeySigner::generate().map_err(|e| dev(&e))?;
+    let signer = LocalKeySigner::generate().map_err(Error::dev)?;
     let jwk = signer.jwk().clone();
-    let keys = JwkSet::new(vec![jwk.clone()]).map_err(|e| dev(&e))?;
+    let keys = JwkSet::new(vec![jwk.clone()]).map_err(Error::dev)?;
     let edge = EdgeServer::start(options.edge, |a| format!("http://{a}"), Some(&keys))
         .await
-        .map_err(|e| dev(&e))?;
+        .map_err(Error::dev)?;
     let issuer = edge.issuer().clone();
 
     // With rotation, the broker signs with whatever key the ring's current
@@ -182,7 +181,7 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         .clone()
         .serve(options.entra)
         .await
-        .map_err(|e| dev(&e))?;
+        .map_err(Error::dev)?;
     // Every profile talks to the local stand-in: dev never calls real Entra.
     let profiles = local_profiles(&configured, &entra_server.url())?;
 
@@ -197,7 +196,7 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
             ..BrokerSettings::new(issuer.clone())
         },
         signer,
-        Arc::new(EntraClient::new(Duration::from_secs(5)).map_err(|e| dev(&e))?),
+        Arc::new(EntraClient::new(Duration::from_secs(5)).map_err(Error::dev)?),
         None,
         Arc::new(SystemClock),
     );
@@ -230,7 +229,7 @@ pub async fn run(options: DevOptions) -> Result<(), Error> {
         function,
     )
     .await
-    .map_err(|e| dev(&e))?;
+    .map_err(Error::dev)?;
     let endpoint = format!("{}/{STAGE}", gateway_server.url());
 
     let first = profiles.iter().next().expect("at least one profile");
@@ -451,5 +450,5 @@ fn local_profiles(configured: &Profiles, authority: &str) -> Result<Profiles, Er
             )
         })
         .collect();
-    Profiles::from_configs(raw).map_err(|e| Error::Dev(e.to_string()))
+    Profiles::from_configs(raw).map_err(Error::dev)
 }
