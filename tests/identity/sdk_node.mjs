@@ -20,8 +20,8 @@ function fail(message) {
 const missing = ["IDENTITY_ENDPOINT", "IDENTITY_HEADER"].filter((name) => !process.env[name]);
 if (missing.length > 0) {
   fail(
-    `${missing.join(" and ")} not set: run it with the two lines \`aws2azure serve\` ` +
-      `prints exported (eval "$(aws2azure serve ...)")`,
+    `${missing.join(" and ")} not set: export the two lines \`aws2azure serve\` ` +
+      `(or \`aws2azure dev\`) prints, then run it`,
   );
 }
 // With a thumbprint the SDK speaks Service Fabric's protocol instead; with a

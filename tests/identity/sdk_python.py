@@ -28,8 +28,8 @@ def check_environment():
     missing = [name for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER") if not os.environ.get(name)]
     if missing:
         fail(
-            f"{' and '.join(missing)} not set: run it with the two lines `aws2azure serve` "
-            "prints exported (eval \"$(aws2azure serve ...)\")"
+            f"{' and '.join(missing)} not set: export the two lines `aws2azure serve` "
+            "(or `aws2azure dev`) prints, then run it"
         )
     # With a thumbprint the SDK speaks Service Fabric's protocol instead.
     if os.environ.get("IDENTITY_SERVER_THUMBPRINT"):
