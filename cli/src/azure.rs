@@ -1,9 +1,89 @@
 //! `aws2azure azure PROFILE`: the Entra side of a profile, as the exact
 //! `az` command and the equivalent Bicep and Terraform.
 
+use std::path::Path;
+
 use aws2azure_shared::assertion::AUDIENCE;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::profile::Profile;
+
+use crate::Error;
+use crate::config::CliConfig;
+
+/// The forms `aws2azure azure` prints the credential in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Az,
+    Bicep,
+    Terraform,
+    All,
+}
+
+/// `aws2azure azure PROFILE`: the profile from the configuration file at
+/// `config`, with `issuer` or the file's own, as the text to print.
+pub fn run(
+    config: &Path,
+    profile: &str,
+    issuer: Option<&str>,
+    format: Format,
+) -> Result<String, Error> {
+    let loaded = CliConfig::load(config)?;
+    let issuer = match issuer {
+        Some(url) => Issuer::parse(url).map_err(|e| Error::Usage(e.to_string()))?,
+        None => loaded.issuer.clone().ok_or_else(|| {
+            Error::Usage(format!(
+                "no issuer: pass --issuer or set `issuer` in {}",
+                config.display()
+            ))
+        })?,
+    };
+    let found = loaded.profiles.get(profile).ok_or_else(|| {
+        Error::Usage(format!(
+            "no profile `{profile}` in {} (it has: {})",
+            config.display(),
+            loaded
+                .profiles
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    Ok(output(found, &issuer, format))
+}
+
+/// The credential in `format`; all of them under headings with
+/// [`Format::All`].
+pub fn output(profile: &Profile, issuer: &Issuer, format: Format) -> String {
+    let all = format == Format::All;
+    let mut out = String::new();
+    if all {
+        out.push_str(&format!(
+            "# Federated credential for profile `{}`: issuer, subject and audience must match the assertion exactly.\n# An app registration holds at most 20 federated credentials.\n\n",
+            profile.name
+        ));
+    }
+    if all || format == Format::Az {
+        if all {
+            out.push_str("# Azure CLI\n");
+        }
+        out.push_str(&az_command(profile, issuer));
+        out.push('\n');
+    }
+    if all || format == Format::Bicep {
+        if all {
+            out.push_str("\n# Bicep (Microsoft Graph extension)\n");
+        }
+        out.push_str(&bicep(profile, issuer));
+    }
+    if all || format == Format::Terraform {
+        if all {
+            out.push_str("\n# Terraform (azuread)\n");
+        }
+        out.push_str(&terraform(profile, issuer));
+    }
+    out
+}
 
 /// The federated credential's name: stable per profile, within Entra's
 /// rules (letters, digits, `-`, `_`; at most 120 characters).

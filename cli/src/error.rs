@@ -41,11 +41,18 @@ pub enum Error {
     Credentials(String),
     #[error("HTTP: {0}")]
     Http(String),
-    #[error("{0}")]
-    Dev(String),
+    /// A local part of `aws2azure dev` (a server, the generated key, a
+    /// profile pointed at the local Entra) failed: its own error, shown as it
+    /// is and kept as the cause.
+    #[error(transparent)]
+    Dev(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
+    pub(crate) fn dev(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Dev(Box::new(error))
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Read { .. } | Self::Input { .. } | Self::Usage(_) | Self::Credentials(_) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws2azure_cli::config::CliConfig;
 use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, doctor, keys, serve, token};
 use aws2azure_shared::service_tags::DEFAULT_TAG;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 /// aws2azure: Entra ID access tokens for AWS workloads, with no Azure secret.
 ///
@@ -193,14 +193,6 @@ struct AllowlistArgs {
     output: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum AzureFormat {
-    Az,
-    Bicep,
-    Terraform,
-    All,
-}
-
 /// Print the federated credential to create in Entra for a profile.
 ///
 /// As the exact `az` command, Bicep or Terraform, with issuer, subject and
@@ -219,7 +211,7 @@ struct AzureArgs {
     #[arg(long)]
     issuer: Option<String>,
     #[arg(long, value_enum, default_value = "all")]
-    format: AzureFormat,
+    format: azure::Format,
 }
 
 fn main() {
@@ -336,55 +328,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::Ok)
         }
         Command::Azure(args) => {
-            let config = CliConfig::load(&args.config)?;
-            let issuer = match args.issuer {
-                Some(url) => aws2azure_shared::discovery::Issuer::parse(&url)
-                    .map_err(|e| Error::Usage(e.to_string()))?,
-                None => config.issuer.clone().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "no issuer: pass --issuer or set `issuer` in {}",
-                        args.config.display()
-                    ))
-                })?,
-            };
-            let profile = config.profiles.get(&args.profile).ok_or_else(|| {
-                Error::Usage(format!(
-                    "no profile `{}` in {} (it has: {})",
-                    args.profile,
-                    args.config.display(),
-                    config
-                        .profiles
-                        .iter()
-                        .map(|p| p.name.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            let all = matches!(args.format, AzureFormat::All);
-            if all {
-                println!(
-                    "# Federated credential for profile `{}`: issuer, subject and audience must match the assertion exactly.\n# An app registration holds at most 20 federated credentials.\n",
-                    profile.name
-                );
-            }
-            if all || matches!(args.format, AzureFormat::Az) {
-                if all {
-                    println!("# Azure CLI");
-                }
-                println!("{}", azure::az_command(profile, &issuer));
-            }
-            if all || matches!(args.format, AzureFormat::Bicep) {
-                if all {
-                    println!("\n# Bicep (Microsoft Graph extension)");
-                }
-                print!("{}", azure::bicep(profile, &issuer));
-            }
-            if all || matches!(args.format, AzureFormat::Terraform) {
-                if all {
-                    println!("\n# Terraform (azuread)");
-                }
-                print!("{}", azure::terraform(profile, &issuer));
-            }
+            print!(
+                "{}",
+                azure::run(
+                    &args.config,
+                    &args.profile,
+                    args.issuer.as_deref(),
+                    args.format
+                )?
+            );
             Ok(ExitCode::Ok)
         }
         Command::Keys(command) => keys::run(command).await,

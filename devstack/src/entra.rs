@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws2azure_shared::assertion::{AUDIENCE, JWT_BEARER};
+use aws2azure_shared::assertion::AUDIENCE;
 use aws2azure_shared::discovery::{DISCOVERY_PATH, DiscoveryDocument};
 use aws2azure_shared::jwk::JwkSet;
 use axum::extract::{Path, State};
@@ -35,6 +35,7 @@ use crate::{Error, Server};
 mod faults;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 pub use faults::{Fault, MAX_FAULT_WINDOW};
 use faults::{Faults, add_faults};
@@ -319,198 +320,6 @@ fn b64url_json(segment: &str) -> Option<Value> {
 }
 
 impl EntraStandIn {
-    async fn validate(
-        &self,
-        tenant: &str,
-        form: &HashMap<String, String>,
-    ) -> Result<Value, Refusal> {
-        let param = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
-        let missing = |name: &str| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                900144,
-                format!("The request body must contain the following parameter: '{name}'."),
-            )
-        };
-        let grant_type = param("grant_type").ok_or_else(|| missing("grant_type"))?;
-        if grant_type != "client_credentials" {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                70003,
-                format!("The app requested an unsupported grant type '{grant_type}'."),
-            ));
-        }
-        let client_id = param("client_id").ok_or_else(|| missing("client_id"))?;
-        let scope = param("scope").ok_or_else(|| missing("scope"))?;
-        if scope.split_whitespace().count() != 1 || !scope.ends_with("/.default") {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                1002012,
-                format!(
-                    "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
-                ),
-            ));
-        }
-        let assertion = param("client_assertion").ok_or_else(|| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            )
-        })?;
-        if param("client_assertion_type") != Some(JWT_BEARER) {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50027,
-                format!("Invalid client_assertion_type: expected {JWT_BEARER}."),
-            ));
-        }
-        let app: Vec<&FederatedCredential> = self
-            .state
-            .config
-            .credentials
-            .iter()
-            .filter(|c| c.tenant_id == tenant && c.client_id == client_id)
-            .collect();
-        if app.is_empty() {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                700016,
-                format!(
-                    "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
-                ),
-            ));
-        }
-
-        let malformed = || {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                50027,
-                "JWT token is invalid or malformed.",
-            )
-        };
-        let header = jsonwebtoken::decode_header(assertion).map_err(|_| malformed())?;
-        if header.alg != jsonwebtoken::Algorithm::RS256 {
-            return Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                5002738,
-                format!(
-                    "Invalid JWT token. '{:?}' is not a supported signature algorithm. Supported signing algorithms are: 'RS256'.",
-                    header.alg
-                ),
-            ));
-        }
-        let unverified = assertion
-            .split('.')
-            .nth(1)
-            .and_then(b64url_json)
-            .ok_or_else(malformed)?;
-        let iss = unverified["iss"].as_str().ok_or_else(malformed)?;
-        let by_issuer: Vec<&&FederatedCredential> =
-            app.iter().filter(|c| c.issuer == iss).collect();
-        if by_issuer.is_empty() {
-            return Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700211,
-                format!(
-                    "No matching federated identity record found for presented assertion issuer '{iss}'. Please note that the matching is done using a case-sensitive comparison. Check the federated identity credentials configured on the app."
-                ),
-            ));
-        }
-
-        let kid = header.kid.clone().ok_or_else(|| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700027,
-                "Client assertion failed signature validation. The token has no 'kid' header.",
-            )
-        })?;
-        let jwks = self.key_set(iss, &kid).await?;
-        let key = jwks.find(&kid).ok_or_else(|| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700027,
-                format!("Client assertion failed signature validation. No key with kid '{kid}' was found in the issuer's key set."),
-            )
-        })?;
-        let decoding =
-            jsonwebtoken::DecodingKey::from_rsa_raw_components(key.modulus(), key.exponent());
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-        validation.leeway = self.state.config.leeway_secs;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-        let claims = match jsonwebtoken::decode::<Value>(assertion, &decoding, &validation) {
-            Ok(data) => data.claims,
-            Err(e) => {
-                use jsonwebtoken::errors::ErrorKind;
-                let now = now_unix();
-                return Err(match e.kind() {
-                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client",
-                        700024,
-                        format!(
-                            "Client assertion is not within its valid time range. Current time: {now}, assertion valid from {}, expiry time of assertion {}.",
-                            unverified["nbf"], unverified["exp"]
-                        ),
-                    ),
-                    ErrorKind::InvalidSignature => refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client",
-                        700027,
-                        "Client assertion failed signature validation.",
-                    ),
-                    _ => malformed(),
-                });
-            }
-        };
-        let audiences: Vec<&str> = match &claims["aud"] {
-            Value::String(a) => vec![a.as_str()],
-            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        let by_audience: Vec<&&FederatedCredential> = by_issuer
-            .iter()
-            .copied()
-            .filter(|c| audiences.contains(&c.audience.as_str()))
-            .collect();
-        if by_audience.is_empty() {
-            return Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700212,
-                format!(
-                    "No matching federated identity record found for presented assertion audience '{}'.",
-                    audiences.join(",")
-                ),
-            ));
-        }
-        let sub = claims["sub"].as_str().unwrap_or_default();
-        if !by_audience.iter().any(|c| c.subject == sub) {
-            return Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700213,
-                format!(
-                    "No matching federated identity record found for presented assertion subject '{sub}'. Please note that the matching is done using a case-sensitive comparison. Check the federated identity credentials configured on the app."
-                ),
-            ));
-        }
-        Ok(self.issue(tenant, client_id, scope, sub, &kid))
-    }
-
     /// The issuer's key set, from the cache or fetched through discovery.
     /// An unknown `kid` triggers one refetch (keys rotate), unless
     /// [`EntraConfig::refetch_unknown_kid`] is off.

@@ -70,6 +70,11 @@ impl Refusal {
 
 /// Checks the request's SigV4 signature; returns who signed it. `path` and
 /// `query` are the request target exactly as sent (still percent-encoded).
+///
+/// The checks run in API Gateway's order, since the first failing one
+/// decides the message: the `Authorization` header, who signed, the
+/// credential scope, the date, the signed headers, the session token, and
+/// last the signature itself.
 pub fn verify(
     gateway_principals: &impl PrincipalLookup,
     method: &Method,
@@ -81,152 +86,14 @@ pub fn verify(
 ) -> Result<Principal, Refusal> {
     let region = gateway_principals.region();
     let service = gateway_principals.service();
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            Refusal::forbidden(
-                "MissingAuthenticationTokenException",
-                "Missing Authentication Token",
-            )
-        })?;
-    let incomplete = |what: &str| {
-        Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!("Authorization header requires '{what}' parameter. Authorization={auth}"),
-        )
-    };
-    let fields = auth
-        .strip_prefix(ALGORITHM)
-        .filter(|rest| rest.starts_with(' '))
-        .ok_or_else(|| {
-            Refusal::forbidden(
-                "IncompleteSignatureException",
-                format!("Only {ALGORITHM} is supported for the Authorization header."),
-            )
-        })?;
-    let mut credential = None;
-    let mut signed_headers = None;
-    let mut signature = None;
-    for part in fields.split(',') {
-        let (name, value) = part.trim().split_once('=').unwrap_or((part.trim(), ""));
-        match name {
-            "Credential" => credential = Some(value),
-            "SignedHeaders" => signed_headers = Some(value),
-            "Signature" => signature = Some(value),
-            _ => {}
-        }
-    }
-    let credential = credential.ok_or_else(|| incomplete("Credential"))?;
-    let signed_headers = signed_headers.ok_or_else(|| incomplete("SignedHeaders"))?;
-    let signature = signature.ok_or_else(|| incomplete("Signature"))?;
-
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [access_key, date, scope_region, scope_service, terminator] = scope.as_slice() else {
-        return Err(Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!(
-                "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
-            ),
-        ));
-    };
-    let invalid_token = || {
-        Refusal::forbidden(
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    };
+    let auth = Authorization::parse(headers)?;
     let principal = gateway_principals
-        .principal(access_key)
+        .principal(auth.access_key)
         .ok_or_else(invalid_token)?;
-    if *scope_region != region {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("Credential should be scoped to a valid region, not '{scope_region}'. "),
-        ));
-    }
-    if *scope_service != service {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("Credential should be scoped to correct service: '{service}'. "),
-        ));
-    }
-    if *terminator != "aws4_request" {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'. "
-            ),
-        ));
-    }
-    let amz_date = headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| incomplete("X-Amz-Date"))?;
-    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
-        Refusal::forbidden(
-            "IncompleteSignatureException",
-            format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'."),
-        )
-    })?;
-    if amz_date.get(..8) != Some(*date) {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{date}' != '{}'",
-                &amz_date[..8.min(amz_date.len())]
-            ),
-        ));
-    }
-    if signed_at + MAX_SKEW < now {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Signature expired: {amz_date} is now earlier than {} ({} - 5 min.)",
-                format_amz_date(now - MAX_SKEW),
-                format_amz_date(now)
-            ),
-        ));
-    }
-    if signed_at > now + MAX_SKEW {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!(
-                "Signature not yet current: {amz_date} is still later than {} ({} + 5 min.)",
-                format_amz_date(now + MAX_SKEW),
-                format_amz_date(now)
-            ),
-        ));
-    }
-    let signed: Vec<&str> = signed_headers.split(';').collect();
-    if signed.windows(2).any(|w| w[0] >= w[1])
-        || signed
-            .iter()
-            .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
-    {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            format!("SignedHeaders must be lowercase, sorted and unique, got '{signed_headers}'"),
-        ));
-    }
-    if !signed.contains(&"host") {
-        return Err(Refusal::forbidden(
-            "InvalidSignatureException",
-            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
-        ));
-    }
-    // A token that is not text is a token nobody can validate: refused, as
-    // API Gateway does, never taken for no token at all.
-    let sent_token = match headers.get("x-amz-security-token").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(token)) => Some(token),
-        Some(Err(_)) => return Err(invalid_token()),
-    };
-    match (&principal.session_token, sent_token) {
-        (Some(expected), Some(sent)) if expected == sent => {}
-        (None, None) => {}
-        _ => return Err(invalid_token()),
-    }
+    auth.check_scope(region, service)?;
+    let (amz_date, signed_at) = auth.check_date(headers, now)?;
+    let signed = auth.check_signed_headers()?;
+    check_session_token(&principal, headers)?;
 
     let canonical =
         canonical_request(method, path, query, headers, &signed, body).ok_or_else(|| {
@@ -237,7 +104,7 @@ pub fn verify(
         })?;
     let string_to_sign = string_to_sign(
         amz_date,
-        &format!("{date}/{region}/{service}/aws4_request"),
+        &format!("{}/{region}/{service}/aws4_request", auth.date),
         &canonical,
     );
     let key = aws_sigv4::sign::v4::generate_signing_key(
@@ -247,7 +114,7 @@ pub fn verify(
         service,
     );
     let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
-    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+    if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         return Err(Refusal::forbidden(
             "InvalidSignatureException",
             format!(
@@ -257,6 +124,213 @@ pub fn verify(
         ));
     }
     Ok(principal)
+}
+
+/// The `Authorization` header's fields, its credential scope split.
+struct Authorization<'a> {
+    /// The whole header, as API Gateway quotes it in its messages.
+    header: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+    access_key: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    terminator: &'a str,
+}
+
+impl<'a> Authorization<'a> {
+    fn parse(headers: &'a HeaderMap) -> Result<Self, Refusal> {
+        let header = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Refusal::forbidden(
+                    "MissingAuthenticationTokenException",
+                    "Missing Authentication Token",
+                )
+            })?;
+        let fields = header
+            .strip_prefix(ALGORITHM)
+            .filter(|rest| rest.starts_with(' '))
+            .ok_or_else(|| {
+                Refusal::forbidden(
+                    "IncompleteSignatureException",
+                    format!("Only {ALGORITHM} is supported for the Authorization header."),
+                )
+            })?;
+        let mut credential = None;
+        let mut signed_headers = None;
+        let mut signature = None;
+        for part in fields.split(',') {
+            let (name, value) = part.trim().split_once('=').unwrap_or((part.trim(), ""));
+            match name {
+                "Credential" => credential = Some(value),
+                "SignedHeaders" => signed_headers = Some(value),
+                "Signature" => signature = Some(value),
+                _ => {}
+            }
+        }
+        let missing = |what: &str| incomplete(header, what);
+        let credential = credential.ok_or_else(|| missing("Credential"))?;
+        let signed_headers = signed_headers.ok_or_else(|| missing("SignedHeaders"))?;
+        let signature = signature.ok_or_else(|| missing("Signature"))?;
+
+        let scope: Vec<&str> = credential.split('/').collect();
+        let [access_key, date, region, service, terminator] = scope.as_slice() else {
+            return Err(Refusal::forbidden(
+                "IncompleteSignatureException",
+                format!(
+                    "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
+                ),
+            ));
+        };
+        Ok(Self {
+            header,
+            signed_headers,
+            signature,
+            access_key,
+            date,
+            region,
+            service,
+            terminator,
+        })
+    }
+
+    /// The credential is scoped to this gateway's region and service.
+    fn check_scope(&self, region: &str, service: &str) -> Result<(), Refusal> {
+        if self.region != region {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "Credential should be scoped to a valid region, not '{}'. ",
+                    self.region
+                ),
+            ));
+        }
+        if self.service != service {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!("Credential should be scoped to correct service: '{service}'. "),
+            ));
+        }
+        if self.terminator != "aws4_request" {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "Credential should be scoped with a valid terminator: 'aws4_request', not '{}'. ",
+                    self.terminator
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `X-Amz-Date`: well formed, the scope's day, and within [`MAX_SKEW`]
+    /// of `now`. Returns it as sent and as a time.
+    fn check_date(
+        &self,
+        headers: &'a HeaderMap,
+        now: SystemTime,
+    ) -> Result<(&'a str, SystemTime), Refusal> {
+        let amz_date = headers
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| incomplete(self.header, "X-Amz-Date"))?;
+        let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
+            Refusal::forbidden(
+                "IncompleteSignatureException",
+                format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'."),
+            )
+        })?;
+        if amz_date.get(..8) != Some(self.date) {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
+                    self.date,
+                    &amz_date[..8.min(amz_date.len())]
+                ),
+            ));
+        }
+        if signed_at + MAX_SKEW < now {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "Signature expired: {amz_date} is now earlier than {} ({} - 5 min.)",
+                    format_amz_date(now - MAX_SKEW),
+                    format_amz_date(now)
+                ),
+            ));
+        }
+        if signed_at > now + MAX_SKEW {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "Signature not yet current: {amz_date} is still later than {} ({} + 5 min.)",
+                    format_amz_date(now + MAX_SKEW),
+                    format_amz_date(now)
+                ),
+            ));
+        }
+        Ok((amz_date, signed_at))
+    }
+
+    /// The signed header names: lowercase, sorted, unique, `host` among them.
+    fn check_signed_headers(&self) -> Result<Vec<&'a str>, Refusal> {
+        let signed: Vec<&str> = self.signed_headers.split(';').collect();
+        if signed.windows(2).any(|w| w[0] >= w[1])
+            || signed
+                .iter()
+                .any(|h| h.is_empty() || *h != h.to_ascii_lowercase())
+        {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                format!(
+                    "SignedHeaders must be lowercase, sorted and unique, got '{}'",
+                    self.signed_headers
+                ),
+            ));
+        }
+        if !signed.contains(&"host") {
+            return Err(Refusal::forbidden(
+                "InvalidSignatureException",
+                "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+            ));
+        }
+        Ok(signed)
+    }
+}
+
+fn incomplete(authorization: &str, what: &str) -> Refusal {
+    Refusal::forbidden(
+        "IncompleteSignatureException",
+        format!("Authorization header requires '{what}' parameter. Authorization={authorization}"),
+    )
+}
+
+fn invalid_token() -> Refusal {
+    Refusal::forbidden(
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    )
+}
+
+/// `X-Amz-Security-Token` is sent exactly when the principal's credentials
+/// are temporary, and is theirs.
+fn check_session_token(principal: &Principal, headers: &HeaderMap) -> Result<(), Refusal> {
+    // A token that is not text is a token nobody can validate: refused, as
+    // API Gateway does, never taken for no token at all.
+    let sent_token = match headers.get("x-amz-security-token").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(_)) => return Err(invalid_token()),
+    };
+    match (&principal.session_token, sent_token) {
+        (Some(expected), Some(sent)) if expected == sent => Ok(()),
+        (None, None) => Ok(()),
+        _ => Err(invalid_token()),
+    }
 }
 
 /// Where `verify` finds principals, the gateway's region and its service.

@@ -9,6 +9,7 @@ use aws2azure_shared::allowlist::{Allowlist, AllowlistDocument};
 use crate::Error;
 use crate::key_document::Fetched;
 use crate::log::{Event, EventKind};
+use crate::refresh::RefreshClock;
 
 /// The `AzureActiveDirectory` service tag from the shared crate's reference
 /// data, turned into a compact allowlist document by `build.rs`.
@@ -52,8 +53,7 @@ pub struct AllowlistState {
     builtin: Arc<Allowlist>,
     builtin_label: String,
     override_: Option<Override>,
-    checked_at_ms: Option<u64>,
-    refresh_ms: u64,
+    clock: RefreshClock,
 }
 
 impl AllowlistState {
@@ -62,8 +62,7 @@ impl AllowlistState {
             builtin,
             builtin_label,
             override_: None,
-            checked_at_ms: None,
-            refresh_ms: u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX),
+            clock: RefreshClock::new(refresh),
         }
     }
 
@@ -88,15 +87,14 @@ impl AllowlistState {
     }
 
     pub fn is_due(&self, now_ms: u64) -> bool {
-        self.checked_at_ms
-            .is_none_or(|at| now_ms.saturating_sub(at) >= self.refresh_ms)
+        self.clock.is_due(now_ms)
     }
 
     /// Takes in what KV returned for the override key. A missing key means
     /// "no override": the compiled-in list. A failed read or an invalid
     /// document changes nothing.
     pub fn apply_store_read(&mut self, now_ms: u64, fetched: Fetched) -> Option<Event> {
-        self.checked_at_ms = Some(now_ms);
+        self.clock.checked(now_ms);
         match fetched {
             Fetched::Found(raw) if self.override_.as_ref().is_some_and(|o| o.raw == raw) => None,
             Fetched::Found(raw) => match AllowlistDocument::from_json(&raw) {

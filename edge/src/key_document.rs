@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::Error;
 use crate::log::{Event, EventKind};
+use crate::refresh::{RefreshClock, millis};
 use crate::representation::Representation;
 
 /// A validated key set, in the canonical form the edge serves.
@@ -118,9 +119,7 @@ pub struct LastGoodKeys {
     /// The store bytes `current` came from: an unchanged document costs a
     /// byte comparison, not a parse, on every refresh.
     current_raw: Vec<u8>,
-    /// When the store was last read, or a read claimed.
-    checked_at_ms: Option<u64>,
-    refresh_ms: u64,
+    clock: RefreshClock,
     /// Store reads in a row that left the isolate without any document.
     reads_without_document: u32,
 }
@@ -131,8 +130,7 @@ impl LastGoodKeys {
         Self {
             current: None,
             current_raw: Vec::new(),
-            checked_at_ms: None,
-            refresh_ms: millis(refresh),
+            clock: RefreshClock::new(refresh),
             reads_without_document: 0,
         }
     }
@@ -148,14 +146,11 @@ impl LastGoodKeys {
     /// request for the key set would otherwise cost a KV and a Cache API
     /// read for as long as the document is missing or KV fails.
     pub fn is_due(&self, now_ms: u64) -> bool {
-        let Some(at) = self.checked_at_ms else {
-            return true;
-        };
         let wait = match self.current {
-            Some(_) => self.refresh_ms,
+            Some(_) => self.clock.interval_ms(),
             None => self.retry_wait_ms(),
         };
-        now_ms.saturating_sub(at) >= wait
+        self.clock.waited(now_ms, wait)
     }
 
     /// The wait after a read that left the isolate without a document:
@@ -165,7 +160,7 @@ impl LastGoodKeys {
         let doublings = self.reads_without_document.saturating_sub(1).min(16);
         (millis(NO_DOCUMENT_RETRY_FIRST) << doublings)
             .min(millis(NO_DOCUMENT_RETRY_MAX))
-            .min(self.refresh_ms)
+            .min(self.clock.interval_ms())
     }
 
     /// [`Self::is_due`], and if so, the read is recorded as started now:
@@ -179,8 +174,8 @@ impl LastGoodKeys {
         if !self.is_due(now_ms) {
             return false;
         }
-        if self.checked_at_ms.is_some() {
-            self.checked_at_ms = Some(now_ms);
+        if self.clock.ever_checked() {
+            self.clock.checked(now_ms);
         }
         true
     }
@@ -197,7 +192,7 @@ impl LastGoodKeys {
     }
 
     fn apply(&mut self, now_ms: u64, fetched: Fetched) -> KeyRefresh {
-        self.checked_at_ms = Some(now_ms);
+        self.clock.checked(now_ms);
         let mut refresh = KeyRefresh::default();
         match fetched {
             Fetched::Found(raw) if self.current.is_some() && raw == self.current_raw => {}
@@ -252,10 +247,6 @@ impl LastGoodKeys {
             Fetched::Failed(err) => Some(Event::new(EventKind::KeyCopyFailed).failed(err)),
         }
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ mod error;
 mod handler;
 mod key_document;
 mod log;
+mod refresh;
 mod representation;
 #[cfg(test)]
 mod test_keys;

@@ -38,6 +38,8 @@ pub use settings::{
 };
 pub use token::{API_TOKEN, API_TOKEN_FILE, ApiToken};
 
+pub use crate::publish::PublishError;
+
 use crate::document::KeyDocument;
 use crate::publish::Publisher;
 
@@ -61,72 +63,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-
-/// Why a publication (or a read) failed. Every message names the cause and
-/// the fix and never contains the API token.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// Nothing to publish to: the message names the settings to give.
-    #[error("{0}")]
-    NotConfigured(String),
-    #[error(
-        "the Cloudflare API refused the token (401: {message}); the token is wrong, expired or \
-         revoked: create a new API token with \"Workers KV Storage: Edit\" and store it where \
-         the key manager reads it (AWS2AZURE_CLOUDFLARE_API_TOKEN_FILE, \
-         AWS2AZURE_CLOUDFLARE_API_TOKEN or its Secrets Manager secret)"
-    )]
-    Unauthorized { message: String },
-    #[error(
-        "the Cloudflare API token may not use this namespace (403: {message}); give it \
-         \"Workers KV Storage: Edit\" on the account, and check the account and namespace ids"
-    )]
-    Forbidden { message: String },
-    #[error(
-        "the Cloudflare API is rate limiting this token (429){}; nothing was written: rerun \
-         after that",
-        retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default()
-    )]
-    RateLimited { retry_after: Option<Duration> },
-    #[error(
-        "the Cloudflare API failed ({status}: {message}) after {attempts} attempts; rerun later \
-         (https://www.cloudflarestatus.com shows incidents)"
-    )]
-    Server {
-        status: u16,
-        message: String,
-        attempts: u32,
-    },
-    #[error(
-        "the Cloudflare API refused the request ({status}: {message}); check the account id, \
-         the namespace id and the KV key name"
-    )]
-    Rejected { status: u16, message: String },
-    #[error(
-        "the answer of {url} is not the Cloudflare API's (HTTP {status}: {detail}); check the \
-         API base URL"
-    )]
-    Unexpected {
-        url: String,
-        status: u16,
-        detail: String,
-    },
-    #[error(
-        "the Cloudflare API at {url} is unreachable ({reason}); check the network, a proxy, and \
-         the API base URL"
-    )]
-    Unreachable {
-        url: String,
-        reason: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("cannot set up the HTTPS client for the Cloudflare API ({reason}); report this")]
-    Client {
-        reason: String,
-        #[source]
-        source: Option<reqwest::Error>,
-    },
-}
 
 /// The publisher of the key document to Workers KV.
 pub struct CloudflareKv {
@@ -435,24 +371,13 @@ fn transport_reason(e: &reqwest::Error) -> String {
     sanitise(&parts.join(": "))
 }
 
-/// Printable, one line, at most [`MAX_MESSAGE_CHARS`] characters.
+/// Printable, one line, at most [`MAX_MESSAGE_CHARS`] characters: runs of
+/// whitespace and control characters become one space, and the bounding is
+/// the shared crate's.
 fn sanitise(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = 0;
-    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
-        if word.is_empty() {
-            continue;
-        }
-        for piece in (!out.is_empty()).then_some(" ").into_iter().chain([word]) {
-            for c in piece.chars() {
-                if chars == MAX_MESSAGE_CHARS {
-                    out.push('…');
-                    return out;
-                }
-                out.push(c);
-                chars += 1;
-            }
-        }
-    }
-    out
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect();
+    aws2azure_shared::echo(&words.join(" "), MAX_MESSAGE_CHARS)
 }

@@ -1,6 +1,6 @@
-use crate::cloudflare::PublishError;
 use crate::policy::PolicyError;
 use crate::public::PublicError;
+use crate::publish::PublishError;
 use crate::store::StoreError;
 
 /// Every way a key operation can fail or be refused. Each message names the

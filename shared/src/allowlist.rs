@@ -13,8 +13,7 @@ use std::str::FromStr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::profile::printable;
-use crate::{Error, json_error};
+use crate::{Error, echo, json_error};
 
 /// One CIDR prefix, normalised (host bits cleared, IPv4-mapped IPv6 as IPv4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,7 +36,7 @@ impl FromStr for Cidr {
     /// Parses `addr/len`; a bare address is a single-host prefix.
     fn from_str(input: &str) -> Result<Self, Error> {
         let fail = |reason: &str| Error::InvalidCidr {
-            input: printable(input),
+            input: echo(input, MAX_ECHO),
             reason: reason.into(),
         };
         let text = input.trim();
@@ -248,7 +247,7 @@ impl FromStr for AllowlistMode {
             "off" => Ok(Self::Off),
             "monitor" => Ok(Self::Monitor),
             "enforce" => Ok(Self::Enforce),
-            other => Err(Error::InvalidAllowlistMode(printable(other))),
+            other => Err(Error::InvalidAllowlistMode(echo(other, MAX_ECHO))),
         }
     }
 }
@@ -284,6 +283,9 @@ impl Decision {
 
 /// Longest `source` of an allowlist document.
 pub const MAX_SOURCE_LEN: usize = 128;
+
+/// How much of a refused prefix or mode an error echoes.
+const MAX_ECHO: usize = 80;
 
 /// The allowlist as published for the edge (and written by
 /// `aws2azure allowlist`).

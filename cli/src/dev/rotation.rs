@@ -71,7 +71,6 @@ impl DevRotation {
         every: u64,
     ) -> Result<Self, Error> {
         let timings = timings(every)?;
-        let dev = |e: &dyn std::fmt::Display| Error::Dev(e.to_string());
         // A token for this run only; the stand-in accepts nothing else.
         let token: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(40)
@@ -88,7 +87,7 @@ impl DevRotation {
         let cloudflare = stand_in
             .serve(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .map_err(|e| dev(&e))?;
+            .map_err(Error::dev)?;
         let settings = CloudflareSettings::new(&config.account_id, &config.namespace_id)?
             .with_api_base(&cloudflare::api_base(&cloudflare))?;
         let publisher = CloudflareKv::new(settings, ApiToken::new(&token, "aws2azure dev")?)
@@ -97,8 +96,8 @@ impl DevRotation {
         let clock = Arc::new(SystemClock);
         use aws2azure_shared::clock::Clock as _;
         store.adopt_current(first, clock.now_unix());
-        let public = HttpPublicKeySet::new(issuer.clone(), Duration::from_secs(5))
-            .map_err(|e| Error::Dev(e.to_string()))?;
+        let public =
+            HttpPublicKeySet::new(issuer.clone(), Duration::from_secs(5)).map_err(Error::dev)?;
         let rotator = Rotator::new(
             store.clone(),
             Arc::new(publisher),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
-use aws2azure_shared::assertion::{AssertionBuilder, JwsHeader, SigningInput};
+use aws2azure_shared::assertion::{AssertionBuilder, JWT_BEARER, JwsHeader, SigningInput};
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::{Jwk, JwkSet};
 use aws2azure_shared::profile::Subject;
