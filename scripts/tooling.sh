@@ -53,7 +53,7 @@ ensure_node() {
     local want
     want=$(sha256sum package-lock.json | cut -d' ' -f1)
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
-    step "npm ci (pinned wrangler, miniflare, jose, @azure/identity)"
+    step "npm ci (pinned wrangler, miniflare, jose, @azure/identity, mermaid + jsdom)"
     npm ci --no-audit --no-fund --loglevel=error
     echo "$want" >"$stamp"
 }
