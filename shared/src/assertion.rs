@@ -174,6 +174,44 @@ impl fmt::Debug for SigningInput {
 pub struct ClientAssertion(String);
 
 impl ClientAssertion {
+    /// An assertion signed by someone else (AWS STS `GetWebIdentityToken`),
+    /// checked for a compact JWS's shape: three base64url segments whose
+    /// first two are JSON objects. Nothing is echoed: it is a credential.
+    pub fn signed_elsewhere(jwt: String) -> Result<Self, Error> {
+        let assertion = Self(jwt);
+        assertion.unverified_part(0)?;
+        assertion.unverified_claims()?;
+        Ok(assertion)
+    }
+
+    /// The claims, read without checking the signature: for comparing what
+    /// another signer wrote (its subject, its issuer) with what the profile
+    /// expects, before Entra refuses it with a less helpful message.
+    pub fn unverified_claims(&self) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        self.unverified_part(1)
+    }
+
+    fn unverified_part(
+        &self,
+        index: usize,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        let segments: Vec<&str> = self.0.split('.').collect();
+        let malformed = || {
+            Error::InvalidAssertion(
+                "not a compact JWS (three base64url segments, header and claims JSON objects)"
+                    .into(),
+            )
+        };
+        if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
+            return Err(malformed());
+        }
+        let bytes = crate::b64url_decode(segments[index]).ok_or_else(malformed)?;
+        match serde_json::from_slice(&bytes) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(malformed()),
+        }
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -192,6 +230,33 @@ mod tests {
 
     fn issuer() -> Issuer {
         Issuer::parse("https://issuer.example.com/").unwrap()
+    }
+
+    #[test]
+    fn an_assertion_signed_elsewhere_must_be_shaped_like_a_jws() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = b64(r#"{"alg":"RS256","kid":"k"}"#);
+        let claims = b64(r#"{"sub":"arn:aws:iam::111122223333:role/r","iss":"https://x"}"#);
+        let good = ClientAssertion::signed_elsewhere(format!("{header}.{claims}.c2ln")).unwrap();
+        assert_eq!(
+            good.unverified_claims().unwrap()["sub"],
+            "arn:aws:iam::111122223333:role/r"
+        );
+        for bad in [
+            String::new(),
+            "a.b".into(),
+            format!("{header}.{claims}"),
+            format!("{header}.{claims}.sig.extra"),
+            format!("{header}..c2ln"),
+            format!("{header}.{}.c2ln", b64("[1]")),
+            format!("{}.{claims}.c2ln", b64("not json")),
+            format!("{header}.%%%.c2ln"),
+        ] {
+            let err = ClientAssertion::signed_elsewhere(bad.clone()).unwrap_err();
+            assert!(matches!(err, Error::InvalidAssertion(_)), "{bad}: {err:?}");
+            assert!(!err.to_string().contains(&claims), "no echo of the token");
+        }
     }
 
     #[test]

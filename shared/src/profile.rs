@@ -66,6 +66,12 @@ string_newtype!(
     Authority
 );
 string_newtype!(
+    /// An IAM role the broker assumes before it asks AWS STS for a profile's
+    /// assertion (`assertion = "sts"`): the assertion's subject is then this
+    /// role's ARN, so profiles keep distinct subjects.
+    RoleArn
+);
+string_newtype!(
     /// An IAM principal a profile's tokens may be issued to, compared
     /// exactly with the caller API Gateway authenticated: a role ARN
     /// (`arn:aws:iam::ACCOUNT:role/NAME`, the form an assumed-role caller is
@@ -316,14 +322,97 @@ impl PrincipalArn {
     }
 }
 
+impl RoleArn {
+    /// `arn:PARTITION:iam::ACCOUNT:role/NAME`, with the role's path if it
+    /// has one (`role/PATH/NAME`): AssumeRole needs the whole ARN.
+    pub fn parse(field: &'static str, arn: &str) -> Result<Self, Error> {
+        let fail = |reason: &str| reason_only(field, format!("`{}` {reason}", printable(arn)));
+        let expected = "is not an IAM role ARN; write e.g. arn:aws:iam::111122223333:role/NAME";
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
+            return Err(fail(expected));
+        };
+        let valid_partition = partition.starts_with("aws")
+            && partition
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if *prefix != "arn" || !valid_partition || *service != "iam" || !region.is_empty() {
+            return Err(fail(expected));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(fail("must name a 12-digit AWS account id"));
+        }
+        let Some(path_and_name) = resource.strip_prefix("role/") else {
+            return Err(fail(expected));
+        };
+        let valid = path_and_name.split('/').all(|part| {
+            (1..=64).contains(&part.len())
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        });
+        if !valid {
+            return Err(fail("has an invalid role name or path"));
+        }
+        Ok(Self(arn.to_string()))
+    }
+}
+
+/// Where a profile's client assertions come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionSource {
+    /// The broker signs with its own key (KMS; a local key in `aws2azure
+    /// dev`) for the issuer the edge serves.
+    #[default]
+    Kms,
+    /// AWS signs: STS `GetWebIdentityToken` (IAM outbound identity
+    /// federation), the account's AWS issuer, the role's ARN as subject.
+    Sts,
+}
+
+impl AssertionSource {
+    pub fn parse(source: &str) -> Result<Self, Error> {
+        match source {
+            "kms" => Ok(Self::Kms),
+            "sts" => Ok(Self::Sts),
+            other => Err(reason_only(
+                "assertion",
+                format!(
+                    "`{}` is neither \"kms\" (the broker's own key, the default) nor \"sts\" \
+                     (AWS signs the assertion: STS GetWebIdentityToken)",
+                    printable(other)
+                ),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kms => "kms",
+            Self::Sts => "sts",
+        }
+    }
+}
+
 /// One profile as written in configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     pub tenant_id: String,
     pub client_id: String,
     pub scope: String,
+    /// Required, except for an `sts` profile with `role_arn` (the subject is
+    /// then the role's ARN).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject: String,
+    /// `kms` (default) or `sts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<String>,
+    /// For `sts`: the role the broker assumes before asking STS, so that
+    /// the assertion's subject is this role rather than the broker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
     /// When given, only these IAM principals get this profile's tokens, on
@@ -339,6 +428,8 @@ impl From<&Profile> for ProfileConfig {
             client_id: profile.client_id.to_string(),
             scope: profile.scope.to_string(),
             subject: profile.subject.to_string(),
+            assertion: Some(profile.assertion.as_str().to_string()),
+            role_arn: profile.role_arn.as_ref().map(ToString::to_string),
             authority: Some(profile.authority.to_string()),
             allowed_principals: profile
                 .allowed_principals
@@ -356,6 +447,10 @@ pub struct Profile {
     pub client_id: ClientId,
     pub scope: Scope,
     pub subject: Subject,
+    pub assertion: AssertionSource,
+    /// For `sts` only: the role assumed before asking STS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<RoleArn>,
     pub authority: Authority,
     /// `None`: any caller IAM lets through.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,11 +468,24 @@ impl Profile {
             },
             other => other,
         };
+        let assertion = match &config.assertion {
+            Some(source) => AssertionSource::parse(source).map_err(named)?,
+            None => AssertionSource::default(),
+        };
+        let role_arn = config
+            .role_arn
+            .as_deref()
+            .map(|arn| RoleArn::parse("role_arn", arn))
+            .transpose()
+            .map_err(named)?;
+        let subject = subject_of(assertion, role_arn.as_ref(), &config.subject).map_err(named)?;
         Ok(Self {
             tenant_id: TenantId::parse(&config.tenant_id).map_err(named)?,
             client_id: ClientId::parse(&config.client_id).map_err(named)?,
             scope: Scope::parse(&config.scope).map_err(named)?,
-            subject: Subject::parse(&config.subject).map_err(named)?,
+            subject,
+            assertion,
+            role_arn,
             authority: match &config.authority {
                 Some(a) => Authority::parse(a).map_err(named)?,
                 None => Authority::default_global(),
@@ -428,6 +536,51 @@ impl Profile {
 
     pub fn token_endpoint(&self) -> String {
         self.authority.token_endpoint(&self.tenant_id)
+    }
+}
+
+/// The subject a profile's assertions carry. With `sts`, AWS writes it (the
+/// calling role's ARN), so the configuration can only name that role.
+fn subject_of(
+    assertion: AssertionSource,
+    role_arn: Option<&RoleArn>,
+    configured: &str,
+) -> Result<Subject, Error> {
+    match (assertion, role_arn) {
+        (AssertionSource::Kms, Some(_)) => Err(reason_only(
+            "role_arn",
+            "is only for assertion = \"sts\": the broker's own key signs whatever subject the \
+             profile names"
+                .into(),
+        )),
+        (AssertionSource::Kms, None) if configured.is_empty() => Err(reason_only(
+            "subject",
+            format!(
+                "is missing: name the subject of the app's federated credential (Entra accepts \
+                 1 to {MAX_SUBJECT_LEN} characters, matched exactly)"
+            ),
+        )),
+        (AssertionSource::Kms, None) => Subject::parse(configured),
+        (AssertionSource::Sts, Some(role)) if configured.is_empty() || configured == role.0 => {
+            Ok(Subject(role.0.clone()))
+        }
+        (AssertionSource::Sts, Some(_)) => Err(reason_only(
+            "subject",
+            format!(
+                "`{}` differs from role_arn: with assertion = \"sts\" AWS signs the role's ARN as \
+                 the subject; leave subject out",
+                printable(configured)
+            ),
+        )),
+        (AssertionSource::Sts, None) if configured.is_empty() => Err(reason_only(
+            "subject",
+            "is missing: with assertion = \"sts\", set role_arn (a role the broker assumes) or \
+             name the broker's own role ARN as subject (AWS signs with it as subject)"
+                .into(),
+        )),
+        (AssertionSource::Sts, None) => {
+            RoleArn::parse("subject", configured).map(|role| Subject(role.0))
+        }
     }
 }
 

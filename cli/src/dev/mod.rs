@@ -26,6 +26,9 @@ pub struct DevOptions {
     pub entra: SocketAddr,
     /// Address of the credential endpoint for Azure SDKs.
     pub identity: SocketAddr,
+    /// Address of the STS stand-in, started when a profile has
+    /// `assertion = "sts"`.
+    pub sts: SocketAddr,
     pub region: String,
     /// Profiles from a configuration file; `None`: the default profile.
     pub profiles: Option<Profiles>,
@@ -53,6 +56,7 @@ pub fn default_profiles() -> Profiles {
             subject: "aws2azure:dev:graph".into(),
             authority: None,
             allowed_principals: None,
+            ..Default::default()
         },
     );
     Profiles::from_configs(raw).expect("the default profile is valid")

@@ -11,6 +11,7 @@ fn config() -> ProfileConfig {
         subject: "aws2azure:graph-reader".into(),
         authority: None,
         allowed_principals: None,
+        ..ProfileConfig::default()
     }
 }
 
@@ -303,4 +304,100 @@ fn hostile_input_is_bounded_in_messages() {
     let text = err.to_string();
     assert!(text.len() < 400, "{}", text.len());
     assert!(!text.contains('\u{0}'));
+}
+
+#[test]
+fn an_sts_profile_carries_a_role_arn_as_its_subject() {
+    const ROLE: &str = "arn:aws:iam::111122223333:role/graph-reader";
+    let sts = |subject: &str, role_arn: Option<&str>| ProfileConfig {
+        subject: subject.into(),
+        assertion: Some("sts".into()),
+        role_arn: role_arn.map(Into::into),
+        ..config()
+    };
+    // role_arn alone: the subject is the role's ARN.
+    let p = Profile::new("g", &sts("", Some(ROLE))).unwrap();
+    assert_eq!(p.assertion, AssertionSource::Sts);
+    assert_eq!(p.subject.as_str(), ROLE);
+    assert_eq!(p.role_arn.as_ref().unwrap().as_str(), ROLE);
+    // The same ARN written twice is fine; a role with a path too.
+    assert!(Profile::new("g", &sts(ROLE, Some(ROLE))).is_ok());
+    let with_path = "arn:aws:iam::111122223333:role/team/graph-reader";
+    assert!(Profile::new("g", &sts("", Some(with_path))).is_ok());
+    // No role_arn: the subject names the broker's own role.
+    let p = Profile::new("g", &sts(ROLE, None)).unwrap();
+    assert_eq!((p.subject.as_str(), p.role_arn.as_ref()), (ROLE, None));
+    // Written back, it parses to the same profile.
+    let again = Profile::new("g", &ProfileConfig::from(&p)).unwrap();
+    assert_eq!(again, p);
+    // Default and explicit kms.
+    assert_eq!(
+        Profile::new("g", &config()).unwrap().assertion,
+        AssertionSource::Kms
+    );
+    let kms = ProfileConfig {
+        assertion: Some("kms".into()),
+        ..config()
+    };
+    assert_eq!(
+        Profile::new("g", &kms).unwrap().assertion,
+        AssertionSource::Kms
+    );
+
+    for (bad, field, says) in [
+        (sts("", None), "subject", "set role_arn"),
+        (
+            sts("aws2azure:graph", None),
+            "subject",
+            "not an IAM role ARN",
+        ),
+        (
+            sts("arn:aws:iam::111122223333:role/other", Some(ROLE)),
+            "subject",
+            "differs from role_arn",
+        ),
+        (
+            sts("", Some("arn:aws:iam::111122223333:user/u")),
+            "role_arn",
+            "not an IAM role ARN",
+        ),
+        (
+            sts("", Some("arn:aws:iam::1111:role/r")),
+            "role_arn",
+            "12-digit",
+        ),
+        (
+            sts("", Some("arn:aws:iam::111122223333:role/a b")),
+            "role_arn",
+            "invalid role name",
+        ),
+        (
+            ProfileConfig {
+                role_arn: Some(ROLE.into()),
+                ..config()
+            },
+            "role_arn",
+            "only for assertion = \"sts\"",
+        ),
+        (
+            ProfileConfig {
+                assertion: Some("KMS".into()),
+                ..config()
+            },
+            "assertion",
+            "neither \"kms\"",
+        ),
+        (
+            ProfileConfig {
+                subject: String::new(),
+                ..config()
+            },
+            "subject",
+            "is missing",
+        ),
+    ] {
+        let (got_field, reason) = field_of(Profile::new("g", &bad).unwrap_err());
+        assert_eq!(got_field, field, "{bad:?}");
+        assert!(reason.contains(says), "{bad:?}: {reason}");
+    }
 }

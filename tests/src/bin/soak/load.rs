@@ -639,6 +639,7 @@ mod tests {
                     subject: p.subject.clone(),
                     authority: None,
                     allowed_principals: None,
+                    ..Default::default()
                 };
                 (p.name.clone(), config)
             })
