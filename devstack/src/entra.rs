@@ -211,6 +211,21 @@ fn refuse(
     }
 }
 
+/// The key set document with its non-RSA keys left out; anything that is
+/// not a key set stays as it is, for the parser to refuse.
+fn rsa_keys_only(document: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(document) {
+        Ok(Value::Object(mut set)) => {
+            if let Some(Value::Array(keys)) = set.get_mut("keys") {
+                keys.retain(|k| k.get("kty").and_then(Value::as_str) != Some("EC"));
+                keys.retain(|k| k.get("kty").and_then(Value::as_str) != Some("OKP"));
+            }
+            serde_json::to_vec(&Value::Object(set)).unwrap_or_else(|_| document.to_vec())
+        }
+        _ => document.to_vec(),
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -375,6 +390,9 @@ impl EntraStandIn {
                 ),
             )
         })?;
+        // Entra verifies federation assertions with RS256 keys only and
+        // skips the others (AWS's issuer also publishes ES384 keys).
+        let jwks_bytes = rsa_keys_only(&jwks_bytes);
         JwkSet::from_json(&jwks_bytes).map_err(|e| {
             refuse(
                 StatusCode::UNAUTHORIZED,

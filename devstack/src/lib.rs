@@ -4,7 +4,8 @@
 //! Gateway ([`gateway`], its verifier in [`sigv4`]), a Lambda Runtime API
 //! ([`lambda_runtime_api`]) and its Extensions API ([`extensions_api`]),
 //! moto server for KMS and DynamoDB ([`moto`]),
-//! a proxy that injects AWS faults in front of it ([`fault_proxy`]), and the
+//! a proxy that injects AWS faults in front of it ([`fault_proxy`]), AWS
+//! STS's outbound identity federation, which moto lacks ([`sts`]), and the
 //! Cloudflare API's Workers KV calls ([`cloudflare`]).
 //! Never used by the Lambda or the Worker.
 
@@ -17,6 +18,7 @@ pub mod gateway;
 pub mod lambda_runtime_api;
 pub mod moto;
 pub mod sigv4;
+pub mod sts;
 
 use std::net::SocketAddr;
 
@@ -37,6 +39,8 @@ pub enum Error {
     Kv(String),
     #[error("extensions API: {0}")]
     ExtensionsApi(String),
+    #[error("STS stand-in: {0}")]
+    Sts(String),
 }
 
 /// An HTTP server on a real socket, stopped when dropped.
