@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use aws2azure_shared::profile::ProfileName;
-use aws2azure_shared::token_api::{ErrorDocument, TokenResponse};
+use aws2azure_shared::token_api::ErrorDocument;
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -187,16 +187,7 @@ fn min_validity(req: &Request) -> Result<MinValidity, Error> {
 }
 
 fn success(broker: &Broker, issued: &Issued) -> Response<Body> {
-    let now = broker.now_unix();
-    let body = TokenResponse {
-        access_token: issued.token.access_token.expose().to_string(),
-        expires_in: issued.token.expires_on.saturating_sub(now),
-        expires_on: issued.token.expires_on,
-        profile: issued.profile.name.to_string(),
-        scope: issued.profile.scope.to_string(),
-        token_type: issued.token.token_type.clone(),
-    };
-    json_response(StatusCode::OK, &body)
+    json_response(StatusCode::OK, &issued.response(broker.now_unix()))
 }
 
 fn failure(status: StatusCode, code: &'static str, err: &Error) -> Response<Body> {

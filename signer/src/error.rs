@@ -71,6 +71,41 @@ pub enum Error {
     #[error("the local signing key is not usable: {0}")]
     LocalKey(String),
 
+    /// STS refused to sign an assertion (`GetWebIdentityToken`) or to let
+    /// the broker assume a profile's role (`AssumeRole`). Never retried:
+    /// each of these needs the operator.
+    #[error("STS refused {operation}: {code}: {message}{}", sts_fix(.code))]
+    Sts {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+
+    #[error("STS could not be reached: {0}")]
+    StsUnreachable(String),
+
+    /// STS signed for another role than the profile's federated credential
+    /// names: Entra would refuse it (AADSTS700213).
+    #[error(
+        "STS signed the assertion for `{signed}`, but profile `{profile}` expects the subject \
+         `{expected}`: set the profile's role_arn (or subject) to the role that signs, or run \
+         the broker as that role"
+    )]
+    StsSubject {
+        profile: String,
+        expected: String,
+        signed: String,
+    },
+
+    /// A profile asks for an assertion source this broker was not given.
+    #[error(
+        "profile `{profile}` uses assertion = \"{source_name}\", which this broker was not set up for"
+    )]
+    NoAssertionSource {
+        profile: String,
+        source_name: &'static str,
+    },
+
     #[error("token cache: {0}")]
     Cache(String),
 
@@ -96,6 +131,31 @@ pub enum Error {
 
     #[error(transparent)]
     Shared(#[from] aws2azure_shared::Error),
+}
+
+/// What fixes an STS refusal, by its code; empty when nothing general can
+/// be said.
+pub fn sts_fix(code: &str) -> &'static str {
+    match code {
+        "OutboundWebIdentityFederationDisabledException" => {
+            " (outbound identity federation is disabled in this account: enable it with \
+             `aws iam enable-outbound-web-identity-federation`)"
+        }
+        "SessionDurationEscalationException" => {
+            " (the assertion would outlive the caller's role session: lower \
+             AWS2AZURE_STS_DURATION_SECS, or let the role's sessions last longer)"
+        }
+        "JWTPayloadSizeExceededException" => {
+            " (the role's principal and session tags make the token's claims too large: remove \
+             tags from the role or its session)"
+        }
+        "AccessDenied" | "AccessDeniedException" => {
+            " (the broker's role needs sts:GetWebIdentityToken for the audience \
+             api://AzureADTokenExchange, and for a profile's role_arn sts:AssumeRole on that role, \
+             whose trust policy must name the broker's role)"
+        }
+        _ => "",
+    }
 }
 
 impl Error {
@@ -158,7 +218,12 @@ impl Error {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
             }
             Self::EntraResponse(_) => (StatusCode::BAD_GATEWAY, "bad_upstream_response"),
-            Self::Kms { .. } | Self::LocalKey(_) => {
+            Self::StsUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
+            Self::Kms { .. }
+            | Self::LocalKey(_)
+            | Self::Sts { .. }
+            | Self::StsSubject { .. }
+            | Self::NoAssertionSource { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "signer_unavailable")
             }
             Self::Cache(_)
@@ -177,7 +242,16 @@ impl Error {
             Self::Kms { code, .. } => format!(
                 "the signer cannot sign: KMS refused ({code}); the operator will find the details in the function's log"
             ),
+            // The fix is the same words for everyone; the message, with its
+            // role ARNs, stays in the log.
+            Self::Sts { code, .. } => format!(
+                "the signer cannot get an assertion: AWS STS refused ({code}){}; the operator \
+                 will find the details in the function's log",
+                sts_fix(code)
+            ),
             Self::LocalKey(_)
+            | Self::StsSubject { .. }
+            | Self::NoAssertionSource { .. }
             | Self::Cache(_)
             | Self::Config { .. }
             | Self::Shared(_)

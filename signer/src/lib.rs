@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod settings;
 pub mod signing;
+pub mod sts;
 pub mod token;
 
 pub use error::{CONFIGURATION_AADSTS, Error, RETRYABLE_AADSTS};

@@ -9,14 +9,16 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::Error;
-use crate::broker::Broker;
+use crate::broker::{Assertions, Broker};
 use crate::cache::SharedCache;
 use crate::dynamodb::DynamoDbCache;
 use crate::entra::EntraClient;
 use crate::kms::KmsSigner;
 use crate::settings::{KeySource, SignerConfig};
 use crate::signing::{AssertionSigner, LocalKeySigner};
+use crate::sts::{StsWebIdentity, WebIdentitySource};
 use aws2azure_shared::clock::{Clock, SystemClock};
+use aws2azure_shared::profile::AssertionSource;
 
 /// Loads the AWS configuration (region, credentials, `AWS_ENDPOINT_URL_*`
 /// overrides) from the environment.
@@ -98,6 +100,28 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
         }
     };
 
+    // Profiles whose assertions AWS signs: one STS client for the broker's
+    // own role and one per role_arn (assumed on first use).
+    let sts_profiles: Vec<_> = config
+        .profiles
+        .iter()
+        .filter(|p| p.assertion == AssertionSource::Sts)
+        .collect();
+    let sts: Option<Arc<dyn WebIdentitySource>> = if sts_profiles.is_empty() {
+        None
+    } else {
+        let limits = ClientLimits {
+            attempts: 3,
+            connect: Duration::from_secs(2),
+            attempt: Duration::from_secs(3),
+            operation: Duration::from_secs(8),
+        };
+        let roles = sts_profiles.iter().filter_map(|p| p.role_arn.clone());
+        Some(Arc::new(
+            StsWebIdentity::new(&limits.apply(aws), roles, config.sts_duration_secs).await,
+        ))
+    };
+
     let shared: Option<Arc<dyn SharedCache>> = match &config.cache_table {
         None => None,
         Some(table) => {
@@ -144,16 +168,20 @@ pub async fn build_broker(config: &SignerConfig, aws: &SdkConfig) -> Result<Brok
     }
     tracing::info!(
         profiles = config.profiles.len(),
+        sts_profiles = sts_profiles.len(),
         shared_cache = config.cache_table.as_deref(),
         init_ms = started.elapsed().as_millis() as u64,
         "broker ready"
     );
-    Ok(Broker::new(
+    Broker::with_assertions(
         config.profiles.clone(),
         config.broker.clone(),
-        signer,
+        Assertions {
+            key: Some(signer),
+            sts,
+        },
         Arc::new(entra),
         shared,
         clock,
-    ))
+    )
 }

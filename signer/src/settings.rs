@@ -22,6 +22,7 @@ pub const ASSERTION_LIFETIME: &str = "AWS2AZURE_ASSERTION_LIFETIME_SECS";
 pub const ENTRA_ATTEMPT_TIMEOUT: &str = "AWS2AZURE_ENTRA_TIMEOUT_MS";
 pub const ENTRA_DEADLINE: &str = "AWS2AZURE_ENTRA_DEADLINE_MS";
 pub const WARM_ENTRA: &str = "AWS2AZURE_WARM_ENTRA";
+pub const STS_DURATION: &str = "AWS2AZURE_STS_DURATION_SECS";
 
 /// Where the signing key lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct SignerConfig {
     pub cache_table: Option<String>,
     pub entra_attempt_timeout: Duration,
     pub warm_entra: bool,
+    /// `DurationSeconds` of the assertions STS signs for `sts` profiles.
+    pub sts_duration_secs: u64,
 }
 
 impl SignerConfig {
@@ -115,6 +118,12 @@ impl SignerConfig {
             }
         };
 
+        let sts_duration_secs = env.number(
+            STS_DURATION,
+            crate::sts::DEFAULT_DURATION_SECS,
+            crate::sts::MIN_DURATION_SECS..=crate::sts::MAX_DURATION_SECS,
+        )?;
+
         Ok(Self {
             profiles,
             broker,
@@ -122,6 +131,7 @@ impl SignerConfig {
             cache_table: env.get(CACHE_TABLE),
             entra_attempt_timeout: Duration::from_millis(attempt_ms),
             warm_entra,
+            sts_duration_secs,
         })
     }
 }

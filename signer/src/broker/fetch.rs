@@ -3,11 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use aws2azure_shared::assertion::AssertionBuilder;
+use aws2azure_shared::assertion::{AssertionBuilder, ClientAssertion};
+use aws2azure_shared::profile::{AssertionSource, Profile};
 
 use super::{Effort, Inner, Loading};
 use crate::Error;
 use crate::entra::{ExchangeRequest, IssuedToken};
+use crate::sts::check_subject;
 use crate::token::CachedToken;
 
 impl Loading<'_> {
@@ -27,21 +29,14 @@ impl Loading<'_> {
         loop {
             attempt += 1;
             let now = inner.clock.now_unix();
-            let claims = AssertionBuilder::new(&settings.issuer, &profile.subject)
-                .lifetime_secs(settings.assertion_lifetime_secs)?
-                .build(now, &uuid::Uuid::new_v4().to_string())?;
             let signing = Instant::now();
-            // KMS throttling is retried by the SDK client itself (bounded);
-            // a second retry loop here would multiply the attempts.
+            // KMS and STS throttling is retried by the SDK clients
+            // themselves (bounded); a second retry loop here would multiply
+            // the attempts.
             let assertion =
-                match tokio::time::timeout(deadline.left(), inner.signer.sign_assertion(&claims))
-                    .await
-                {
+                match tokio::time::timeout(deadline.left(), inner.assertion(profile, now)).await {
                     Ok(result) => result,
-                    Err(_) => Err(Error::KmsUnreachable(format!(
-                        "signing did not finish within the {} ms left",
-                        budget.as_millis()
-                    ))),
+                    Err(_) => Err(unfinished(profile.assertion, budget)),
                 };
             self.upstream.sign_calls += 1;
             self.upstream.sign_ms += signing.elapsed().as_millis() as u64;
@@ -90,7 +85,42 @@ impl Loading<'_> {
     }
 }
 
+/// The error of a signing step that ran out of time, by who was signing.
+fn unfinished(source: AssertionSource, budget: Duration) -> Error {
+    let why = format!(
+        "signing did not finish within the {} ms left",
+        budget.as_millis()
+    );
+    match source {
+        AssertionSource::Kms => Error::KmsUnreachable(why),
+        AssertionSource::Sts => Error::StsUnreachable(why),
+    }
+}
+
 impl Inner {
+    /// A fresh assertion for `profile` from the source it names.
+    async fn assertion(&self, profile: &Profile, now: u64) -> Result<ClientAssertion, Error> {
+        let missing = || Error::NoAssertionSource {
+            profile: profile.name.to_string(),
+            source_name: profile.assertion.as_str(),
+        };
+        match profile.assertion {
+            AssertionSource::Kms => {
+                let key = self.assertions.key.as_ref().ok_or_else(missing)?;
+                let claims = AssertionBuilder::new(&self.settings.issuer, &profile.subject)
+                    .lifetime_secs(self.settings.assertion_lifetime_secs)?
+                    .build(now, &uuid::Uuid::new_v4().to_string())?;
+                key.sign_assertion(&claims).await
+            }
+            AssertionSource::Sts => {
+                let sts = self.assertions.sts.as_ref().ok_or_else(missing)?;
+                let assertion = sts.web_identity_token(profile.role_arn.as_ref()).await?;
+                check_subject(&assertion, profile)?;
+                Ok(assertion)
+            }
+        }
+    }
+
     /// Exponential backoff, capped, with "equal jitter": half fixed, half
     /// random, so retries of many callers spread out yet never come at once.
     fn backoff(&self, attempt: u32) -> Duration {

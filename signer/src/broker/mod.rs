@@ -25,12 +25,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use aws2azure_shared::clock::Clock;
-use aws2azure_shared::profile::{Profile, ProfileName, Profiles};
+use aws2azure_shared::profile::{AssertionSource, Profile, ProfileName, Profiles};
 
 use crate::Error;
 use crate::cache::{CacheKey, MemoryCache, SharedCache};
 use crate::entra::TokenExchange;
 use crate::signing::AssertionSigner;
+use crate::sts::WebIdentitySource;
 use crate::token::Freshness;
 use flight::Flight;
 pub use outcome::{CacheOutcome, Failed, Issued, Upstream};
@@ -71,12 +72,48 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
+/// Where assertions come from, one source per profile's `assertion`.
+#[derive(Clone, Default)]
+pub struct Assertions {
+    /// `kms`: the broker's own key (KMS, or a local key), for its issuer.
+    pub key: Option<Arc<dyn AssertionSigner>>,
+    /// `sts`: AWS signs (`GetWebIdentityToken`).
+    pub sts: Option<Arc<dyn WebIdentitySource>>,
+}
+
+impl Assertions {
+    /// Only the broker's own key: every profile must be `kms`.
+    pub fn key(signer: Arc<dyn AssertionSigner>) -> Self {
+        Self {
+            key: Some(signer),
+            sts: None,
+        }
+    }
+
+    /// Refuses profiles whose source is missing, naming the first.
+    fn check(&self, profiles: &Profiles) -> Result<(), Error> {
+        for profile in profiles.iter() {
+            let present = match profile.assertion {
+                AssertionSource::Kms => self.key.is_some(),
+                AssertionSource::Sts => self.sts.is_some(),
+            };
+            if !present {
+                return Err(Error::NoAssertionSource {
+                    profile: profile.name.to_string(),
+                    source_name: profile.assertion.as_str(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Inner {
     profiles: Profiles,
     /// Each profile with its cache key, worked out once.
     targets: BTreeMap<ProfileName, (Arc<Profile>, CacheKey)>,
     settings: BrokerSettings,
-    signer: Arc<dyn AssertionSigner>,
+    assertions: Assertions,
     exchange: Arc<dyn TokenExchange>,
     shared: Option<Arc<dyn SharedCache>>,
     memory: MemoryCache,
@@ -125,10 +162,48 @@ impl MinValidity {
 }
 
 impl Broker {
+    /// A broker whose profiles all sign with `signer` (`assertion = "kms"`);
+    /// a profile with another source fails its loads with
+    /// [`Error::NoAssertionSource`]. [`Broker::with_assertions`] checks that
+    /// up front.
     pub fn new(
         profiles: Profiles,
         settings: BrokerSettings,
         signer: Arc<dyn AssertionSigner>,
+        exchange: Arc<dyn TokenExchange>,
+        shared: Option<Arc<dyn SharedCache>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::build(
+            profiles,
+            settings,
+            Assertions::key(signer),
+            exchange,
+            shared,
+            clock,
+        )
+    }
+
+    /// A broker with the sources its profiles name: refused when a profile
+    /// names one that `assertions` lacks.
+    pub fn with_assertions(
+        profiles: Profiles,
+        settings: BrokerSettings,
+        assertions: Assertions,
+        exchange: Arc<dyn TokenExchange>,
+        shared: Option<Arc<dyn SharedCache>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        assertions.check(&profiles)?;
+        Ok(Self::build(
+            profiles, settings, assertions, exchange, shared, clock,
+        ))
+    }
+
+    fn build(
+        profiles: Profiles,
+        settings: BrokerSettings,
+        assertions: Assertions,
         exchange: Arc<dyn TokenExchange>,
         shared: Option<Arc<dyn SharedCache>>,
         clock: Arc<dyn Clock>,
@@ -145,7 +220,7 @@ impl Broker {
                 profiles,
                 targets,
                 settings,
-                signer,
+                assertions,
                 exchange,
                 shared,
                 memory: MemoryCache::default(),
@@ -166,8 +241,9 @@ impl Broker {
         &self.inner.settings
     }
 
-    pub fn signer(&self) -> &Arc<dyn AssertionSigner> {
-        &self.inner.signer
+    /// The broker's own key, when it has one (`kms` profiles).
+    pub fn signer(&self) -> Option<&Arc<dyn AssertionSigner>> {
+        self.inner.assertions.key.as_ref()
     }
 
     /// Now, by the broker's clock (Unix seconds).

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aws2azure_shared::profile::Profile;
+use aws2azure_shared::token_api::TokenResponse;
 
 use crate::Error;
 use crate::token::CachedToken;
@@ -87,6 +88,20 @@ pub struct Issued {
     pub upstream: Upstream,
     /// A refresh failure that was absorbed by serving the old token.
     pub absorbed_error: Option<Arc<Error>>,
+}
+
+impl Issued {
+    /// The token API's answer for this token, `now` by the broker's clock.
+    pub fn response(&self, now: u64) -> TokenResponse {
+        TokenResponse {
+            access_token: self.token.access_token.expose().to_string(),
+            expires_in: self.token.expires_on.saturating_sub(now),
+            expires_on: self.token.expires_on,
+            profile: self.profile.name.to_string(),
+            scope: self.profile.scope.to_string(),
+            token_type: self.token.token_type.clone(),
+        }
+    }
 }
 
 /// A failed request: the error, and what it cost upstream before failing
