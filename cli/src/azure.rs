@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aws2azure_shared::assertion::AUDIENCE;
 use aws2azure_shared::discovery::Issuer;
-use aws2azure_shared::profile::Profile;
+use aws2azure_shared::profile::{AssertionSource, Profile};
 
 use crate::Error;
 use crate::config::CliConfig;
@@ -28,27 +28,27 @@ pub fn run(
     format: Format,
 ) -> Result<String, Error> {
     let loaded = CliConfig::load(config)?;
-    let issuer = match issuer {
-        Some(url) => Issuer::parse(url).map_err(|e| Error::Usage(e.to_string()))?,
-        None => loaded.issuer.clone().ok_or_else(|| {
+    let found = loaded.profile(profile, config)?;
+    // Whoever signs the profile's assertions is its issuer: the edge for
+    // the broker's key, the account's AWS issuer when STS signs.
+    let issuer = match (issuer, found.assertion) {
+        (Some(url), _) => Issuer::parse(url).map_err(|e| Error::Usage(e.to_string()))?,
+        (None, AssertionSource::Kms) => loaded.issuer.clone().ok_or_else(|| {
             Error::Usage(format!(
                 "no issuer: pass --issuer or set `issuer` in {}",
                 config.display()
             ))
         })?,
+        (None, AssertionSource::Sts) => loaded.sts_issuer.clone().ok_or_else(|| {
+            Error::Usage(format!(
+                "no AWS issuer for profile `{profile}` (assertion = \"sts\"): pass --issuer or set \
+                 `sts_issuer` in {} to the account's issuer, which `aws iam \
+                 get-outbound-web-identity-federation-info --query IssuerIdentifier --output text` \
+                 prints",
+                config.display()
+            ))
+        })?,
     };
-    let found = loaded.profiles.get(profile).ok_or_else(|| {
-        Error::Usage(format!(
-            "no profile `{profile}` in {} (it has: {})",
-            config.display(),
-            loaded
-                .profiles
-                .iter()
-                .map(|p| p.name.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
     Ok(output(found, &issuer, format))
 }
 
@@ -88,7 +88,13 @@ pub fn output(profile: &Profile, issuer: &Issuer, format: Format) -> String {
 /// The federated credential's name: stable per profile, within Entra's
 /// rules (letters, digits, `-`, `_`; at most 120 characters).
 pub fn credential_name(profile: &Profile) -> String {
-    let name: String = format!("aws2azure-{}", profile.name)
+    // Distinct per source, so that both credentials of a profile can exist
+    // while it moves from one source to the other.
+    let suffix = match profile.assertion {
+        AssertionSource::Kms => "",
+        AssertionSource::Sts => "-sts",
+    };
+    let name: String = format!("aws2azure-{}{suffix}", profile.name)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -212,6 +218,7 @@ mod tests {
                 subject: subject.into(),
                 authority: None,
                 allowed_principals: None,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -247,5 +254,59 @@ mod tests {
         assert!(az_command(&p, &issuer).contains(r"it'\''s"));
         assert!(bicep(&p, &issuer).contains(r"subject: 'it\'s \${x}'"));
         assert!(terraform(&p, &issuer).contains(r#"subject        = "it's $${x}""#));
+    }
+
+    #[test]
+    fn an_sts_profile_is_federated_with_the_aws_issuer_and_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aws2azure.toml");
+        let profiles = r#"
+            [profiles.graph]
+            tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+            client_id = "00000000-1111-2222-3333-444444444444"
+            scope = "https://graph.microsoft.com/.default"
+            subject = "aws2azure:graph"
+            [profiles.graph-sts]
+            tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+            client_id = "00000000-1111-2222-3333-444444444444"
+            scope = "https://graph.microsoft.com/.default"
+            assertion = "sts"
+            role_arn = "arn:aws:iam::111122223333:role/aws2azure-graph"
+        "#;
+        let aws = "https://0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.tokens.sts.global.api.aws";
+        std::fs::write(
+            &path,
+            format!("issuer = \"https://issuer.example.com\"\nsts_issuer = \"{aws}\"\n{profiles}"),
+        )
+        .unwrap();
+        let out = run(&path, "graph-sts", None, Format::Az).unwrap();
+        assert!(out.contains(&format!("\"issuer\":\"{aws}\"")), "{out}");
+        assert!(
+            out.contains("\"subject\":\"arn:aws:iam::111122223333:role/aws2azure-graph\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("\"name\":\"aws2azure-graph-sts-sts\""),
+            "{out}"
+        );
+        // The kms profile in the same file keeps the edge's issuer.
+        let out = run(&path, "graph", None, Format::Az).unwrap();
+        assert!(
+            out.contains("\"issuer\":\"https://issuer.example.com\""),
+            "{out}"
+        );
+
+        std::fs::write(
+            &path,
+            format!("issuer = \"https://issuer.example.com\"\n{profiles}"),
+        )
+        .unwrap();
+        let err = run(&path, "graph-sts", None, Format::Az).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("get-outbound-web-identity-federation-info"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::ExitCode::Usage);
     }
 }

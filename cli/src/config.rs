@@ -10,6 +10,17 @@
 //! scope = "https://graph.microsoft.com/.default"
 //! subject = "aws2azure:graph"
 //!
+//! # profiles with assertion = "sts": the account's AWS issuer (`aws iam
+//! # get-outbound-web-identity-federation-info`), for `aws2azure azure`
+//! sts_issuer = "https://0123abcd-....tokens.sts.global.api.aws"
+//!
+//! [profiles.graph-sts]
+//! tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+//! client_id = "00000000-1111-2222-3333-444444444444"
+//! scope = "https://graph.microsoft.com/.default"
+//! assertion = "sts"
+//! role_arn = "arn:aws:iam::111122223333:role/aws2azure-graph"
+//!
 //! # only for `aws2azure serve`: more names SDKs may ask for, resource →
 //! # profile (a profile `arm` with scope https://management.azure.com/.default
 //! # could also serve "https://management.core.windows.net/")
@@ -21,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aws2azure_shared::discovery::Issuer;
-use aws2azure_shared::profile::{ProfileConfig, Profiles};
+use aws2azure_shared::profile::{Profile, ProfileConfig, Profiles};
 use serde::Deserialize;
 
 use crate::Error;
@@ -32,6 +43,8 @@ struct File {
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
+    sts_issuer: Option<String>,
+    #[serde(default)]
     profiles: BTreeMap<String, ProfileConfig>,
     #[serde(default)]
     resources: BTreeMap<String, String>,
@@ -41,6 +54,8 @@ struct File {
 #[derive(Clone, Debug)]
 pub struct CliConfig {
     pub issuer: Option<Issuer>,
+    /// The AWS account's issuer, for profiles whose assertions STS signs.
+    pub sts_issuer: Option<Issuer>,
     pub profiles: Profiles,
     /// For `aws2azure serve`: resources (as Azure SDKs name them) served by
     /// a profile whose scope does not name them, resource → profile.
@@ -61,17 +76,37 @@ impl CliConfig {
 
     pub fn parse(text: &str) -> Result<Self, Error> {
         let file: File = toml::from_str(text).map_err(|e| Error::Usage(e.to_string()))?;
-        let issuer = file
-            .issuer
-            .map(|i| Issuer::parse(&i))
-            .transpose()
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let parse = |setting: &str, url: Option<String>| {
+            url.map(|u| Issuer::parse(&u))
+                .transpose()
+                .map_err(|e| Error::Usage(format!("{setting}: {e}")))
+        };
+        let issuer = parse("issuer", file.issuer)?;
+        let sts_issuer = parse("sts_issuer", file.sts_issuer)?;
         let profiles =
             Profiles::from_configs(file.profiles).map_err(|e| Error::Usage(e.to_string()))?;
         Ok(Self {
             issuer,
+            sts_issuer,
             profiles,
             resources: file.resources,
+        })
+    }
+}
+
+impl CliConfig {
+    /// The profile `name`; the error lists the file's profiles.
+    pub fn profile(&self, name: &str, path: &Path) -> Result<&Profile, Error> {
+        self.profiles.get(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "no profile `{name}` in {} (it has: {})",
+                path.display(),
+                self.profiles
+                    .iter()
+                    .map(|p| p.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
         })
     }
 }

@@ -231,6 +231,7 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
         report.add("keys", Status::Pass, format!("{} key(s)", keys.len()));
     }
     let mut kids = Vec::new();
+    let mut rsa_keys = 0;
     // Entra reads the first MAX_KEYS keys only; so does this report.
     for (i, key) in keys.iter().take(MAX_KEYS).enumerate() {
         let raw: RawJwk = serde_json::from_value(key.clone()).unwrap_or_default();
@@ -249,14 +250,39 @@ pub async fn check(issuer_url: &str, options: &Options) -> Result<Report, Error>
             }
             kids.push(kid.clone());
         }
+        let kty = raw.kty.clone().unwrap_or_default();
         match Jwk::try_from(raw) {
-            Ok(jwk) => report.add(
-                label,
-                Status::Pass,
-                format!("RSA {} bits, use sig, alg RS256", jwk.bits()),
-            ),
+            Ok(jwk) => {
+                rsa_keys += 1;
+                report.add(
+                    label,
+                    Status::Pass,
+                    format!("RSA {} bits, use sig, alg RS256", jwk.bits()),
+                )
+            }
+            // AWS's issuer also publishes ES384 keys: harmless, since Entra
+            // verifies federation assertions with RS256 keys only.
+            Err(aws2azure_shared::Error::UnsupportedKeyType { .. })
+                if matches!(kty.as_str(), "EC" | "OKP") =>
+            {
+                report.add(
+                    label,
+                    Status::Warn,
+                    format!(
+                        "kty {kty}: not usable for Entra, which accepts RS256 assertions only; \
+                         other keys must sign them"
+                    ),
+                )
+            }
             Err(e) => report.add(label, Status::Fail, e.to_string()),
         }
+    }
+    if !keys.is_empty() && rsa_keys == 0 {
+        report.add(
+            "RS256 keys",
+            Status::Fail,
+            "no usable RSA key: Entra could verify no assertion from this issuer",
+        );
     }
     if let Some(kid) = &options.kid {
         if kids.iter().any(|k| k == kid) {

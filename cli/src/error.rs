@@ -37,6 +37,10 @@ pub enum Error {
     Client(#[from] aws2azure_client::Error),
     #[error(transparent)]
     Identity(#[from] aws2azure_identity::Error),
+    /// `token --direct`: the broker's code in this process failed (STS,
+    /// Entra); its error, which names the fix, as it is.
+    #[error(transparent)]
+    Direct(std::sync::Arc<aws2azure_signer::Error>),
     #[error("AWS credentials: {0}")]
     Credentials(String),
     #[error("HTTP: {0}")]
@@ -49,6 +53,10 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn direct(error: aws2azure_signer::Error) -> Self {
+        Self::Direct(std::sync::Arc::new(error))
+    }
+
     pub(crate) fn dev(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Dev(Box::new(error))
     }

@@ -5,6 +5,7 @@ pub mod allowlist;
 pub mod azure;
 pub mod config;
 pub mod dev;
+pub mod direct;
 pub mod doctor;
 mod error;
 pub mod keys;

@@ -4,7 +4,7 @@ use std::process;
 use std::time::Duration;
 
 use aws2azure_cli::config::CliConfig;
-use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, doctor, keys, serve, token};
+use aws2azure_cli::{Error, ExitCode, allowlist, azure, dev, direct, doctor, keys, serve, token};
 use aws2azure_shared::service_tags::DEFAULT_TAG;
 use clap::{Args, Parser, Subcommand};
 
@@ -56,6 +56,10 @@ struct DevArgs {
     /// Address of the credential endpoint for Azure SDKs (IDENTITY_ENDPOINT).
     #[arg(long, default_value = "127.0.0.1:8791")]
     identity: SocketAddr,
+    /// Address of the AWS STS stand-in (GetWebIdentityToken and the AWS
+    /// issuer's documents), started when a profile has assertion = "sts".
+    #[arg(long, default_value = "127.0.0.1:8789")]
+    sts: SocketAddr,
     /// Region the gateway expects in signatures.
     #[arg(long, default_value = "us-east-1")]
     region: String,
@@ -77,7 +81,8 @@ struct DevArgs {
     rotate_every: Option<u64>,
 }
 
-/// Get an Entra access token for PROFILE from the token API.
+/// Get an Entra access token for PROFILE from the token API (or, with
+/// --direct, from AWS STS and Entra, with no broker).
 ///
 /// The request is signed with the AWS credentials of the environment (env,
 /// shared files, SSO, web identity, ECS or EC2 metadata). Prints the token
@@ -85,14 +90,23 @@ struct DevArgs {
 /// while it has more than --min-validity seconds left.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  aws2azure token graph --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  export AWS2AZURE_ENDPOINT=https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  curl -H \"Authorization: Bearer $(aws2azure token graph)\" https://graph.microsoft.com/v1.0/users"
+    after_help = "Examples:\n  aws2azure token graph --endpoint https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  export AWS2AZURE_ENDPOINT=https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/prod\n  curl -H \"Authorization: Bearer $(aws2azure token graph)\" https://graph.microsoft.com/v1.0/users\n  aws2azure token graph-sts --direct --config aws2azure.toml --region eu-west-1"
 )]
 struct TokenArgs {
     /// The profile to get a token for.
     profile: String,
     /// Base URL of the token API, stage included.
-    #[arg(long, env = "AWS2AZURE_ENDPOINT")]
-    endpoint: String,
+    #[arg(long, env = "AWS2AZURE_ENDPOINT", required_unless_present = "direct")]
+    endpoint: Option<String>,
+    /// No broker: ask AWS STS for the assertion with this workload's own role
+    /// (GetWebIdentityToken; AssumeRole first into the profile's role_arn)
+    /// and exchange it at Entra from here. For profiles with assertion =
+    /// "sts" in --config.
+    #[arg(long)]
+    direct: bool,
+    /// With --direct: the configuration file with the profile (TOML).
+    #[arg(long, default_value = "aws2azure.toml", requires = "direct")]
+    config: PathBuf,
     /// Region of the API (default: from the endpoint's host, else AWS_REGION).
     #[arg(long)]
     region: Option<String>,
@@ -128,8 +142,13 @@ struct TokenArgs {
 )]
 struct ServeArgs {
     /// Base URL of the token API, stage included.
-    #[arg(long, env = "AWS2AZURE_ENDPOINT")]
-    endpoint: String,
+    #[arg(long, env = "AWS2AZURE_ENDPOINT", required_unless_present = "direct")]
+    endpoint: Option<String>,
+    /// No broker: get each token from AWS STS (GetWebIdentityToken with this
+    /// workload's role, or the profile's role_arn) and Entra, from this
+    /// process. Every profile in --config must have assertion = "sts".
+    #[arg(long)]
+    direct: bool,
     /// The configuration file with the profiles the token API serves
     /// (TOML: [profiles.NAME] tables, optional [resources] table).
     #[arg(long, default_value = "aws2azure.toml")]
@@ -244,6 +263,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 gateway: args.gateway,
                 entra: args.entra,
                 identity: args.identity,
+                sts: args.sts,
                 region: args.region,
                 profiles,
                 token_lifetime_secs: args.token_lifetime,
@@ -254,14 +274,30 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::Ok)
         }
         Command::Token(args) => {
-            let client = token::TokenClient::from_env(&args.endpoint, args.region.as_deref())
-                .await?
-                .with_cache_dir(if args.no_cache {
-                    None
-                } else {
-                    args.cache_dir.or_else(token::default_cache_dir)
-                });
-            let token = client.token(&args.profile, args.min_validity).await?;
+            let cache_dir = if args.no_cache {
+                None
+            } else {
+                args.cache_dir.or_else(token::default_cache_dir)
+            };
+            let token = match &args.endpoint {
+                Some(endpoint) if !args.direct => {
+                    token::TokenClient::from_env(endpoint, args.region.as_deref())
+                        .await?
+                        .with_cache_dir(cache_dir)
+                        .token(&args.profile, args.min_validity)
+                        .await?
+                }
+                _ => {
+                    direct::token(direct::DirectOptions {
+                        config: &args.config,
+                        profile: &args.profile,
+                        min_validity: args.min_validity,
+                        region: args.region,
+                        cache_dir,
+                    })
+                    .await?
+                }
+            };
             if args.json {
                 println!(
                     "{}",
@@ -275,6 +311,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve(args) => {
             serve::run(serve::ServeOptions {
                 endpoint: args.endpoint,
+                direct: args.direct,
                 region: args.region,
                 config: args.config,
                 listen: args.listen,

@@ -33,6 +33,68 @@ pub use aws2azure_shared::token_api::TokenResponse;
 use cache::{CacheKey, Folder};
 pub use error::Error;
 
+/// The on-disk token cache, with every check `token` makes (see the
+/// `cache` module), for tokens from the API and from elsewhere
+/// (`aws2azure token --direct`). An entry is for one origin (the API's
+/// endpoint, or what else issued it), profile and AWS access key. A folder
+/// that cannot be used is reported on standard error and never fails the
+/// call: the token then comes from its origin.
+pub struct DiskCache {
+    folder: Option<Folder>,
+}
+
+impl DiskCache {
+    /// `None`: no cache, every token from its origin.
+    pub fn open(dir: Option<&std::path::Path>) -> Self {
+        Self {
+            folder: dir.and_then(|dir| Folder::open(dir).map_err(warn).ok()),
+        }
+    }
+
+    /// The cached token, when it has more than `min_validity` seconds left.
+    pub fn fresh(
+        &self,
+        origin: &str,
+        profile: &str,
+        access_key_id: &str,
+        min_validity: u64,
+    ) -> Option<TokenResponse> {
+        let key = CacheKey {
+            endpoint: origin,
+            profile,
+            access_key_id,
+        };
+        match self.folder.as_ref()?.read(&key) {
+            Ok(Some(cached)) if cached.expires_on.saturating_sub(now()) > min_validity => {
+                Some(TokenResponse {
+                    expires_in: cached.expires_on.saturating_sub(now()),
+                    ..cached
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn(e);
+                None
+            }
+        }
+    }
+
+    /// Stores `token`; a failure is reported, not returned: the token is in
+    /// hand, and a read-only home must not fail the call.
+    pub fn store(&self, origin: &str, profile: &str, access_key_id: &str, token: &TokenResponse) {
+        let key = CacheKey {
+            endpoint: origin,
+            profile,
+            access_key_id,
+        };
+        if let Some(folder) = &self.folder
+            && let Err(e) = folder.write(&key, token)
+        {
+            eprintln!("warning: {e}; the token is not cached");
+        }
+    }
+}
+
 /// Cheap to clone (the HTTP client and the credentials provider are shared).
 #[derive(Clone)]
 pub struct TokenClient {
@@ -111,36 +173,13 @@ impl TokenClient {
             .provide_credentials()
             .await
             .map_err(|e| Error::Credentials(e.to_string()))?;
-        let key = CacheKey {
-            endpoint: &self.endpoint,
-            profile,
-            access_key_id: credentials.access_key_id(),
-        };
-        // An unusable or untrusted cache is reported, never fatal: the API
-        // can still answer.
-        let folder = self
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| Folder::open(dir).map_err(warn).ok());
-        if let Some(folder) = &folder {
-            match folder.read(&key) {
-                Ok(Some(cached)) if cached.expires_on.saturating_sub(now()) > min_validity => {
-                    return Ok(TokenResponse {
-                        expires_in: cached.expires_on.saturating_sub(now()),
-                        ..cached
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => warn(e),
-            }
+        let cache = DiskCache::open(self.cache_dir.as_deref());
+        let access_key_id = credentials.access_key_id();
+        if let Some(cached) = cache.fresh(&self.endpoint, profile, access_key_id, min_validity) {
+            return Ok(cached);
         }
         let fresh = self.request(profile, min_validity, &credentials).await?;
-        if let Some(folder) = &folder
-            && let Err(e) = folder.write(&key, &fresh)
-        {
-            // The token is in hand; a read-only home must not fail the call.
-            eprintln!("warning: {e}; the token is not cached");
-        }
+        cache.store(&self.endpoint, profile, access_key_id, &fresh);
         Ok(fresh)
     }
 

@@ -75,6 +75,14 @@ pub enum Error {
         #[source]
         source: Arc<aws2azure_client::Error>,
     },
+    /// With no broker (`aws2azure serve --direct`): STS or Entra, asked from
+    /// this process, did not issue a token. Its error names the fix.
+    #[error("no token for profile `{profile}`")]
+    Direct {
+        profile: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// Azure SDKs treat a token with less than five minutes left as expired
     /// and would ask again at once: such a token is never handed out.
     #[error(
@@ -123,7 +131,10 @@ impl Error {
             Self::TokenApi {
                 status: Some(403), ..
             } => 403,
-            Self::TokenApi { .. } | Self::ShortLived { .. } | Self::Cancelled(_) => 502,
+            Self::TokenApi { .. }
+            | Self::Direct { .. }
+            | Self::ShortLived { .. }
+            | Self::Cancelled(_) => 502,
             Self::Timeout { .. } => 504,
             Self::Setting { .. } | Self::Bind { .. } | Self::Serve(_) => 500,
         }
@@ -144,9 +155,10 @@ impl Error {
             Self::TokenApi {
                 status: Some(403), ..
             } => "forbidden",
-            Self::TokenApi { .. } | Self::ShortLived { .. } | Self::Cancelled(_) => {
-                "token_unavailable"
-            }
+            Self::TokenApi { .. }
+            | Self::Direct { .. }
+            | Self::ShortLived { .. }
+            | Self::Cancelled(_) => "token_unavailable",
             Self::Timeout { .. } => "timeout",
             Self::Setting { .. } | Self::Bind { .. } | Self::Serve(_) => "internal",
         }
@@ -157,6 +169,7 @@ impl Error {
     pub fn description(&self) -> String {
         match self {
             Self::TokenApi { source, .. } => format!("{self}: {source}"),
+            Self::Direct { source, .. } => format!("{self}: {source}"),
             _ => self.to_string(),
         }
     }

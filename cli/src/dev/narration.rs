@@ -7,6 +7,8 @@ use std::time::Instant;
 use aws2azure_devstack::entra::issued_claims;
 use aws2azure_identity::Endpoint;
 use aws2azure_identity::protocol::{API_VERSION, IDENTITY_HEADER};
+use aws2azure_shared::discovery::DISCOVERY_PATH;
+use aws2azure_shared::profile::AssertionSource;
 
 use super::rotation::DevRotation;
 use super::stack::DevStack;
@@ -33,10 +35,22 @@ pub(super) fn introduce(stack: &DevStack, options: &DevOptions) {
         stack.jwk.bits(),
         stack.jwk.kid()
     );
+    if let Some(sts) = &stack.sts {
+        println!(
+            "  STS stand-in      {}   (AWS's issuer and GetWebIdentityToken, for assertion = \"sts\")",
+            sts.issuer()
+        );
+    }
     for p in stack.profiles.iter() {
         println!(
-            "  profile           {}: scope {}, subject {}",
-            p.name, p.scope, p.subject
+            "  profile           {}: scope {}, subject {}{}",
+            p.name,
+            p.scope,
+            p.subject,
+            match p.assertion {
+                AssertionSource::Kms => "",
+                AssertionSource::Sts => " (assertion signed by STS)",
+            }
         );
     }
     let identity = &stack.identity;
@@ -73,7 +87,17 @@ pub(super) async fn demonstrate(stack: &mut DevStack) -> Result<(), Error> {
     let started = Instant::now();
     let token = client.token(first.name.as_str(), 0).await?;
     let first_ms = started.elapsed().as_millis();
-    if let Ok((claims, prefix)) = stack.minted.try_recv() {
+    // Who signed: the broker's key (the claims it minted), or STS.
+    let sts_issuer = match (&stack.sts, first.assertion) {
+        (Some(sts), AssertionSource::Sts) => Some(sts.issuer().to_string()),
+        _ => None,
+    };
+    if let Some(sts_issuer) = &sts_issuer {
+        println!(
+            "  1. assertion signed   by the STS stand-in (GetWebIdentityToken): iss={sts_issuer} sub={}",
+            first.subject
+        );
+    } else if let Ok((claims, prefix)) = stack.minted.try_recv() {
         println!(
             "  1. assertion minted   iss={} sub={} aud={} lifetime={} s jti={}\n                        {prefix}",
             claims.iss,
@@ -84,11 +108,13 @@ pub(super) async fn demonstrate(stack: &mut DevStack) -> Result<(), Error> {
         );
     }
     let stats = entra.stats();
+    let discovery_url = match &sts_issuer {
+        Some(sts) => format!("{sts}{DISCOVERY_PATH}"),
+        None => issuer.discovery_url(),
+    };
     println!(
-        "  2. discovery fetched  the Entra stand-in read {} and the key set over HTTP ({} + {} requests) and validated issuer, subject, audience, kid and signature",
-        issuer.discovery_url(),
-        stats.discovery_fetches,
-        stats.jwks_fetches
+        "  2. discovery fetched  the Entra stand-in read {discovery_url} and the key set over HTTP ({} + {} requests) and validated issuer, subject, audience, kid and signature",
+        stats.discovery_fetches, stats.jwks_fetches
     );
     let aud = issued_claims(&token.access_token)
         .and_then(|c| c["aud"].as_str().map(str::to_string))

@@ -12,16 +12,18 @@ use aws2azure_devstack::Server;
 use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
 use aws2azure_devstack::gateway::{self, Principal};
+use aws2azure_devstack::sts::{StsConfig, StsStandIn};
 use aws2azure_identity::{Endpoint, EndpointSettings, ResourceMap};
 use aws2azure_shared::assertion::{AUDIENCE, AssertionClaims, ClientAssertion};
 use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::jwk::{Jwk, JwkSet};
-use aws2azure_shared::profile::{Profile, ProfileConfig, Profiles};
+use aws2azure_shared::profile::{AssertionSource, Profile, ProfileConfig, Profiles};
 use aws2azure_signer::api::handle;
-use aws2azure_signer::broker::{Broker, BrokerSettings};
+use aws2azure_signer::broker::{Assertions, Broker, BrokerSettings};
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::signing::{AssertionSigner, LocalKeySigner};
+use aws2azure_signer::sts::{DEFAULT_DURATION_SECS, StsWebIdentity, WebIdentitySource};
 use tokio::sync::mpsc;
 
 use super::rotation::{self, DevRotation};
@@ -49,7 +51,10 @@ pub(super) struct DevStack {
     pub minted: mpsc::UnboundedReceiver<(AssertionClaims, String)>,
     pub rotation: Option<DevRotation>,
     pub identity: Endpoint,
+    /// The STS stand-in, when a profile has `assertion = "sts"`.
+    pub sts: Option<StsStandIn>,
     edge: EdgeServer,
+    sts_server: Option<Server>,
     entra_server: Server,
     gateway_server: Server,
 }
@@ -83,9 +88,12 @@ impl DevStack {
         });
 
         let configured = options.profiles.clone().unwrap_or_else(default_profiles);
+        let principal = local_principal();
+        let (sts, sts_server, web_identity) = start_sts(&configured, &principal, options).await?;
         let entra = EntraStandIn::new(entra_config(
             &configured,
             &issuer,
+            sts.as_ref().map(|s| s.issuer()),
             options.token_lifetime_secs,
             rotation.as_ref(),
         ));
@@ -98,7 +106,7 @@ impl DevStack {
         // Every profile talks to the local stand-in: dev never calls real Entra.
         let profiles = local_profiles(&configured, &entra_url)?;
 
-        let broker = Broker::new(
+        let broker = Broker::with_assertions(
             profiles.clone(),
             BrokerSettings {
                 assertion_lifetime_secs: if rotation.is_some() {
@@ -108,12 +116,15 @@ impl DevStack {
                 },
                 ..BrokerSettings::new(issuer.clone())
             },
-            signer,
+            Assertions {
+                key: Some(signer),
+                sts: web_identity,
+            },
             Arc::new(EntraClient::new(Duration::from_secs(5)).map_err(Error::dev)?),
             None,
             Arc::new(SystemClock),
-        );
-        let principal = local_principal();
+        )
+        .map_err(Error::dev)?;
         let gateway_server = gateway::serve(
             options.gateway,
             &options.region,
@@ -141,7 +152,7 @@ impl DevStack {
         let identity = crate::serve::start(
             EndpointSettings::loopback(options.identity, crate::serve::header_from_env()?),
             ResourceMap::new(&configured, &BTreeMap::new())?,
-            client.clone(),
+            Arc::new(client.clone()),
         )
         .await?;
         Ok(Self {
@@ -156,7 +167,9 @@ impl DevStack {
             minted,
             rotation,
             identity,
+            sts,
             edge,
+            sts_server,
             entra_server,
             gateway_server,
         })
@@ -183,15 +196,71 @@ impl DevStack {
         let _ = self.identity.shutdown().await;
         self.gateway_server.stop().await;
         self.entra_server.stop().await;
+        if let Some(server) = self.sts_server {
+            server.stop().await;
+        }
         self.edge.stop().await;
     }
 }
 
+/// The STS stand-in and the broker's client of it, when a profile's
+/// assertions come from STS: the dev credentials act as the broker's role,
+/// and each profile's `role_arn` may be assumed.
+async fn start_sts(
+    configured: &Profiles,
+    principal: &Principal,
+    options: &DevOptions,
+) -> Result<
+    (
+        Option<StsStandIn>,
+        Option<Server>,
+        Option<Arc<dyn WebIdentitySource>>,
+    ),
+    Error,
+> {
+    let sts_profiles: Vec<&Profile> = configured
+        .iter()
+        .filter(|p| p.assertion == AssertionSource::Sts)
+        .collect();
+    if sts_profiles.is_empty() {
+        return Ok((None, None, None));
+    }
+    let roles: Vec<_> = sts_profiles
+        .iter()
+        .filter_map(|p| p.role_arn.clone())
+        .collect();
+    let (sts, server) = StsStandIn::serve(
+        StsConfig {
+            region: options.region.clone(),
+            principals: vec![principal.clone()],
+            assumable_roles: roles.iter().map(ToString::to_string).collect(),
+        },
+        options.sts,
+    )
+    .await
+    .map_err(Error::dev)?;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(options.region.clone()))
+        .endpoint_url(sts.issuer())
+        .credentials_provider(Credentials::new(
+            &principal.access_key_id,
+            &principal.secret_access_key,
+            principal.session_token.clone(),
+            None,
+            "aws2azure-dev",
+        ))
+        .load()
+        .await;
+    let web_identity = StsWebIdentity::new(&aws, roles, DEFAULT_DURATION_SECS).await;
+    Ok((Some(sts), Some(server), Some(Arc::new(web_identity))))
+}
+
 /// The stand-in's configuration: one federated credential per profile,
-/// trusting the local issuer.
+/// trusting the local issuer, or the STS stand-in's for `sts` profiles.
 fn entra_config(
     configured: &Profiles,
     issuer: &Issuer,
+    sts_issuer: Option<&str>,
     token_lifetime_secs: u64,
     rotation: Option<&DevRotation>,
 ) -> EntraConfig {
@@ -200,7 +269,10 @@ fn entra_config(
         .map(|p| FederatedCredential {
             tenant_id: p.tenant_id.to_string(),
             client_id: p.client_id.to_string(),
-            issuer: issuer.to_string(),
+            issuer: match (p.assertion, sts_issuer) {
+                (AssertionSource::Sts, Some(sts)) => sts.to_string(),
+                _ => issuer.to_string(),
+            },
             subject: p.subject.to_string(),
             audience: AUDIENCE.into(),
         })
