@@ -205,3 +205,153 @@ async fn a_trust_naming_another_role_fails_once_and_a_kms_profile_is_refused() {
     assert!(stderr.contains("assertion = \"sts\""), "{stderr}");
     assert_eq!(rig.sts.stats().web_identity_token_calls, 1);
 }
+
+impl Rig {
+    /// The workload's credentials and the STS stand-in's address, as the
+    /// AWS SDK reads them from the environment.
+    fn with_workload_env(&self, command: &mut Command) {
+        let w = workload();
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("AWS_ACCESS_KEY_ID", w.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", w.secret_access_key)
+            .env("AWS_SESSION_TOKEN", w.session_token.unwrap())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ENDPOINT_URL_STS", self.sts.issuer())
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+
+    /// A configuration with only the `sts` profiles (serve --direct serves
+    /// every profile of its file).
+    fn sts_only_config(&self) -> std::path::PathBuf {
+        let all = std::fs::read_to_string(self.dir.path().join("aws2azure.toml")).unwrap();
+        let sts_only = all.split("[profiles.keyed]").next().unwrap().to_string();
+        let path = self.dir.path().join("sts-only.toml");
+        std::fs::write(&path, sts_only).unwrap();
+        path
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_aws_issuer_like_any_other() {
+    let rig = Rig::start().await;
+    let issuer = rig.sts.issuer().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["doctor", &issuer, "--allow-http"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("PASS  issuer matches"), "{report}");
+    assert!(
+        report.contains("RSA 2048 bits") && report.contains("WARN  key es384-"),
+        "the RSA key passes, the ES384 key is only a warning: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_direct_answers_azure_sdks_with_no_broker() {
+    use std::io::{BufRead, BufReader};
+    let rig = Rig::start().await;
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--direct", "--listen", "127.0.0.1:0", "--config"])
+        .arg(rig.sts_only_config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    rig.with_workload_env(&mut command);
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let exports = tokio::task::spawn_blocking(move || {
+        let mut exports = std::collections::HashMap::new();
+        let mut lines = BufReader::new(stdout).lines();
+        while exports.len() < 2 {
+            let line = lines.next().expect("serve printed its exports").unwrap();
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|e| e.split_once('=')) {
+                exports.insert(k.to_string(), v.to_string());
+            }
+        }
+        exports
+    })
+    .await
+    .unwrap();
+    let ask = |selector: &str| {
+        reqwest::Client::new()
+            .get(format!(
+                "{}?api-version=2019-08-01&resource=https%3A%2F%2Fgraph.microsoft.com&{selector}",
+                exports["IDENTITY_ENDPOINT"]
+            ))
+            .header("X-IDENTITY-HEADER", &exports["IDENTITY_HEADER"])
+            .send()
+    };
+    // `graph` and `own` serve the same resource for the same app: the SDK
+    // chooses with mi_res_id, the profile's name.
+    let answer: serde_json::Value = ask("mi_res_id=graph").await.unwrap().json().await.unwrap();
+    let token = answer["access_token"].as_str().expect("a token");
+    assert_eq!(sub_of(token), GRAPH_ROLE);
+    assert_eq!(rig.entra.stats().issued, 1);
+    // A profile whose app trusts another role: the SDK gets a JSON error
+    // that says why, and serve stays up.
+    let refused = ask(&format!("client_id={OTHER_APP}")).await.unwrap();
+    assert_eq!(refused.status(), 502);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS700213"),
+        "{body}"
+    );
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("direct: AWS STS and Entra"), "{log}");
+    assert!(!log.contains(token), "no token in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_an_sts_profile_against_its_sts_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dev.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[profiles.graph]\ntenant_id = \"{TENANT}\"\nclient_id = \"{APP}\"\n\
+             scope = \"https://graph.microsoft.com/.default\"\nassertion = \"sts\"\n\
+             role_arn = \"{GRAPH_ROLE}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(BIN);
+        command.args(["dev", "--once", "--config"]).arg(&config);
+        for part in ["--edge", "--gateway", "--entra", "--identity", "--sts"] {
+            command.args([part, "127.0.0.1:0"]);
+        }
+        command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("STS stand-in      http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1. assertion signed   by the STS stand-in")
+            && stdout.contains(&format!("sub={GRAPH_ROLE}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("served from the cache"), "{stdout}");
+}

@@ -67,6 +67,9 @@ async fn broken_issuers() -> Server {
         }
         k
     };
+    let ec_key = json!({"kty": "EC", "crv": "P-384", "use": "sig", "alg": "ES384", "kid": "es-1",
+        "x": "iA7lWQLzVrKGEFjfGMfMHfTEZ2KnLiKU7JuNT3E7ygsfE7ygsfE7ygsfE7ygsfE7",
+        "y": "0Ea8dU0nVqd2ZxdXE7ygsfE7ygsfE7ygsfE7ygsfE7ygsfE7ygsfE7ygsfE7ygsf"});
     let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let discovery = |case: &str, issuer: String| {
@@ -99,6 +102,17 @@ async fn broken_issuers() -> Server {
             "weak",
             discovery("weak", format!("{base}/weak")),
             json!({"keys": [key(Some("weak-1"), &weak_n)]}),
+        ),
+        // AWS's issuer publishes ES384 keys beside its RSA ones.
+        (
+            "mixed",
+            discovery("mixed", format!("{base}/mixed")),
+            json!({"keys": [key(Some("k1"), &good_n), ec_key]}),
+        ),
+        (
+            "ec-only",
+            discovery("ec-only", format!("{base}/ec-only")),
+            json!({"keys": [ec_key]}),
         ),
     ];
     let mut router = Router::new().route(
@@ -178,6 +192,19 @@ async fn each_broken_issuer_fails_with_the_reason_named() {
     assert_eq!(code, 1);
     assert!(
         out.contains("FAIL  key weak-1") && out.contains("1024 bits is too weak"),
+        "{out}"
+    );
+
+    let (code, out) = doctor(&format!("{base}/mixed"), &[]);
+    assert_eq!(code, 0, "an EC key beside an RSA one is no failure: {out}");
+    assert!(
+        out.contains("WARN  key es-1") && out.contains("RS256 assertions only"),
+        "{out}"
+    );
+    let (code, out) = doctor(&format!("{base}/ec-only"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL  RS256 keys") && out.contains("no usable RSA key"),
         "{out}"
     );
 

@@ -32,6 +32,22 @@ pub fn run(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs the script file `path` with `args`; returns stdout, panics with
+/// stderr on failure.
+pub fn run_file(path: &str, args: &[&str]) -> String {
+    let out = Command::new(interpreter())
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python runs (./scripts/test installs .venv)");
+    assert!(
+        out.status.success(),
+        "python {path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Verifies an RS256 JWT with PyJWT against a PEM public key and returns
 /// its claims as JSON; panics if PyJWT rejects it.
 pub fn pyjwt_verify(

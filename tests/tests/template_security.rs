@@ -15,7 +15,9 @@
 //!   the stack's resources: no `*` resource, no `service:*` action, no
 //!   managed policy whose content the template cannot show, and no action
 //!   beyond the ones it had before the rotation came (its signing rights
-//!   come from each key's policy);
+//!   come from each key's policy), except `sts:GetWebIdentityToken` for
+//!   profiles whose assertions AWS signs, and only for Entra's audience and
+//!   tokens of at most 300 s;
 //! - the rotation's role never signs, grants, rewrites a key policy or
 //!   passes a role, creates only RSA signing keys, touches (tags included)
 //!   only keys that already carry its ring's tag (a new key gets its tags
@@ -354,6 +356,37 @@ const BROKER_ACTIONS: [&str; 6] = [
     "logs:PutLogEvents",
 ];
 
+/// The one action the broker's role may gain, for profiles whose
+/// assertions STS signs; it names no resource, so its conditions are what
+/// bound it.
+const WEB_IDENTITY_ACTION: &str = "sts:GetWebIdentityToken";
+const AUDIENCE: &str = "api://AzureADTokenExchange";
+const MAX_WEB_IDENTITY_SECS: u64 = 300;
+
+/// `sts:GetWebIdentityToken` alone, for Entra's audience only and short
+/// tokens only: every audience asked must be Entra's
+/// (`ForAllValues:StringEquals`), and the lifetime is capped.
+fn web_identity_for_entra(statement: &Value) -> bool {
+    let only_action =
+        matches!(actions(statement).as_slice(), [a] if a.eq_ignore_ascii_case(WEB_IDENTITY_ACTION));
+    let condition = &statement["Condition"];
+    let audience = &condition["ForAllValues:StringEquals"]["sts:IdentityTokenAudience"];
+    let audience_ok = items(audience) == [&json!(AUDIENCE)]
+        && condition["ForAllValues:StringEquals"]
+            .as_object()
+            .is_some_and(|keys| keys.len() == 1);
+    let duration = &condition["NumericLessThanEquals"]["sts:DurationSeconds"];
+    let duration_ok = duration
+        .as_u64()
+        .or_else(|| duration.as_str().and_then(|d| d.parse().ok()))
+        .is_some_and(|secs| secs <= MAX_WEB_IDENTITY_SECS);
+    only_action
+        && audience_ok
+        && duration_ok
+        && statement["NotAction"].is_null()
+        && statement["NotResource"].is_null()
+}
+
 /// A role's trust policy admits Lambda only, and it has no managed policy.
 fn lambda_role(template: &Value, role: &str, why: &str, found: &mut Vec<String>) {
     let props = &template["Resources"][role]["Properties"];
@@ -407,9 +440,20 @@ fn broker_policies(template: &Value, role: &str, found: &mut Vec<String>) {
             if !statement["NotAction"].is_null() || !statement["NotResource"].is_null() {
                 found.push(format!("{name}: Allow with NotAction/NotResource"));
             }
+            if web_identity_for_entra(statement) {
+                continue;
+            }
             for action in actions(statement) {
                 if action == "*" || action.ends_with(":*") {
                     found.push(format!("{name}: action wildcard {action}"));
+                }
+                if action.eq_ignore_ascii_case(WEB_IDENTITY_ACTION) {
+                    found.push(format!(
+                        "{name}: {action} without the conditions that keep it to Entra \
+                         (alone in its statement, audience exactly {AUDIENCE}, \
+                         sts:DurationSeconds at most {MAX_WEB_IDENTITY_SECS})"
+                    ));
+                    continue;
                 }
                 if !BROKER_ACTIONS
                     .iter()
@@ -645,6 +689,46 @@ fn broad_or_unverifiable_broker_permissions_are_violations() {
     fails_with("BrokerRole: may be assumed by", |t| {
         t["Resources"]["BrokerRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] =
             json!({"AWS": "arn:aws:iam::111122223333:root"});
+    });
+}
+
+#[test]
+fn web_identity_tokens_only_for_entra_and_short_lived() {
+    fn sts_statement(t: &mut Value) -> &mut Value {
+        &mut t["Resources"]["BrokerStsPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    }
+    // As shipped it passes (the whole-template test), and its shape is
+    // what the check expects.
+    let t = template();
+    assert_eq!(t["Resources"]["BrokerStsPolicy"]["Condition"], "UsesSts");
+    let violation = "BrokerStsPolicy: sts:GetWebIdentityToken without the conditions";
+    fails_with(violation, |t| {
+        sts_statement(t)["Condition"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ForAllValues:StringEquals");
+    });
+    fails_with(violation, |t| {
+        sts_statement(t)["Condition"]["ForAllValues:StringEquals"]["sts:IdentityTokenAudience"] =
+            json!([AUDIENCE, "https://api.example.com"]);
+    });
+    fails_with(violation, |t| {
+        sts_statement(t)["Condition"]["NumericLessThanEquals"]["sts:DurationSeconds"] = json!(3600);
+    });
+    fails_with(violation, |t| {
+        sts_statement(t)["Condition"]
+            .as_object_mut()
+            .unwrap()
+            .remove("NumericLessThanEquals");
+    });
+    fails_with(
+        "BrokerStsPolicy: the broker's role gained sts:AssumeRole",
+        |t| {
+            sts_statement(t)["Action"] = json!(["sts:GetWebIdentityToken", "sts:AssumeRole"]);
+        },
+    );
+    fails_with("BrokerStsPolicy: action wildcard sts:*", |t| {
+        sts_statement(t)["Action"] = json!("sts:*");
     });
 }
 
