@@ -9,7 +9,7 @@
 //! # Shape
 //!
 //! A target-independent core (this crate, on every target) and a thin
-//! Worker shell (`#[event(fetch)]`, compiled only for `wasm32`) that does
+//! Worker shell (a `fetch` export, compiled only for `wasm32`) that does
 //! the I/O: Worker variables, Workers KV, the Cache API, `CF-Connecting-IP`,
 //! `request.cf.colo`, and one `console.log` line per request.
 //!

@@ -7,9 +7,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::future::Future as _;
+
 use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::{
-    Cache, Context, Env, Headers, KvStore, ResponseBuilder, console_log, event, js_sys, web_sys,
+    Cache, Env, Headers, KvStore, ResponseBuilder, console_error, console_log, js_sys,
+    wasm_bindgen_futures, web_sys,
 };
 
 use crate::{
@@ -106,17 +110,53 @@ fn colo(req: &web_sys::Request) -> Option<String> {
         .as_string()
 }
 
+/// The Worker's `fetch`, as `#[event(fetch)]` would export it, but answered
+/// at once when no read of KV or the Cache API is due, which is nearly
+/// every request: the macro's export is always a future driven by
+/// wasm-bindgen-futures and answered through a Promise, a cost on every
+/// request of about a quarter of what workerd's floor allows
+/// (docs/benchmarks.md). The answer is the same future, polled once: ready,
+/// it is returned as the Response; pending (awaiting I/O), it is handed to
+/// wasm-bindgen-futures as the Promise the macro would have returned, and
+/// its next poll takes over the waker.
+#[wasm_bindgen(js_name = fetch)]
+pub fn fetch(req: web_sys::Request, env: Env, _ctx: JsValue) -> JsValue {
+    let mut answer = Box::pin(answer(req, env));
+    let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+    match answer.as_mut().poll(&mut now) {
+        std::task::Poll::Ready(response) => response,
+        std::task::Poll::Pending => {
+            wasm_bindgen_futures::future_to_promise(async move { Ok(answer.await) }).into()
+        }
+    }
+}
+
+/// The response to one request, or the error the runtime turns into a 500.
+async fn answer(req: web_sys::Request, env: Env) -> JsValue {
+    match respond(req, env).await {
+        Ok(response) => response.into(),
+        Err(error) => {
+            console_error!("the response could not be built: {:?}", error);
+            internal_error()
+        }
+    }
+}
+
+/// A bare 500, as `#[event(fetch)]` answers a handler's error.
+fn internal_error() -> JsValue {
+    let init = web_sys::ResponseInit::new();
+    init.set_status(500);
+    web_sys::Response::new_with_opt_str_and_init(Some("INTERNAL SERVER ERROR"), &init)
+        .map(JsValue::from)
+        .unwrap_or(JsValue::UNDEFINED)
+}
+
 // The raw web_sys request and response rather than worker's wrappers: they
 // copy every header and the URL across the wasm boundary in and out (without
 // them the edge went from 8.4k to 13.7k requests/s on one core,
 // docs/benchmarks.md), and worker's `Method` turns every method it does not
 // know into GET.
-#[event(fetch)]
-async fn fetch(
-    req: web_sys::Request,
-    env: Env,
-    _ctx: Context,
-) -> worker::Result<web_sys::Response> {
+async fn respond(req: web_sys::Request, env: Env) -> Result<web_sys::Response, JsValue> {
     let method = req.method();
     let url = req.url();
     let headers = req.headers();
@@ -139,7 +179,7 @@ async fn fetch(
         Ok(config) => serve(&isolate, config, &env, &request).await,
     };
     console_log!("{}", handled.log.to_json());
-    Ok(to_js_response(&handled.response)?)
+    to_js_response(&handled.response)
 }
 
 async fn serve(
