@@ -36,8 +36,14 @@ def edge_rows(text):
             m = need(rf"^\| {re.escape(path)} \| {server} \| (\d+) \|", text, f"{path} {server}")
             return float(m.group(1))
         ours, floor, nginx = rps("edge/workerd"), rps("floor/workerd"), rps("nginx")
-        rows.append((f"edge `{path}`, requests/s", f"{ours:.0f}", "a constant JavaScript Worker in the same workerd", f"{floor:.0f}", ours / floor))
+        logged = rps(r"floor\+log/workerd")
+        rows.append((f"edge `{path}`, requests/s", f"{ours:.0f}", "a constant JavaScript Worker in the same workerd (the floor)", f"{floor:.0f}", ours / floor))
+        rows.append((f"edge `{path}`, requests/s", f"{ours:.0f}", "the floor writing the edge's log line", f"{logged:.0f}", ours / logged))
         rows.append((f"edge `{path}`, requests/s", f"{ours:.0f}", "nginx, the file from disk", f"{nginx:.0f}", ours / nginx))
+    def cold(server):
+        return float(need(rf"^cold start {server}: median ([\d.]+) ms", text, f"cold start {server}").group(1))
+    rows.append(("edge, fresh isolate's first answer (workerd start included), median", f"{cold('edge/workerd'):.1f} ms",
+                 "the floor", f"{cold('floor/workerd'):.1f} ms", cold("edge/workerd") / cold("floor/workerd")))
     return rows
 
 
