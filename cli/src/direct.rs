@@ -113,6 +113,10 @@ impl TokenSource for Direct {
             expires_on: answer.expires_on,
         })
     }
+
+    fn origin(&self) -> &'static str {
+        "direct"
+    }
 }
 
 /// The AWS configuration of the environment, with `region` if given.

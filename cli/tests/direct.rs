@@ -312,6 +312,7 @@ async fn serve_direct_answers_azure_sdks_with_no_broker() {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("direct: AWS STS and Entra"), "{log}");
+    assert!(log.contains(r#""origin":"direct""#), "{log}");
     assert!(!log.contains(token), "no token in the log");
 }
 

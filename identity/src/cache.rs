@@ -59,14 +59,15 @@ impl Default for CachePolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Cache,
-    TokenApi,
+    /// Fetched from the token source, by its name ([`TokenSource::origin`]).
+    Fetched(&'static str),
 }
 
 impl Origin {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cache => "cache",
-            Self::TokenApi => "token_api",
+            Self::Fetched(source) => source,
         }
     }
 }
@@ -161,7 +162,7 @@ impl TokenCache {
                 floor: policy.floor,
             }));
         }
-        Ok((token, Origin::TokenApi))
+        Ok((token, Origin::Fetched(self.inner.source.origin())))
     }
 
     /// Refreshes every held token whose refresh is due (or that can no

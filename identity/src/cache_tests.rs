@@ -81,7 +81,7 @@ async fn a_miss_loads_then_hits_until_refresh_is_due() {
     let (token, origin) = cache.get(&graph()).await.unwrap();
     assert_eq!(
         (token.access_token.as_str(), origin),
-        ("token-1", Origin::TokenApi)
+        ("token-1", Origin::Fetched("token_api"))
     );
     assert_eq!(
         source.asked.lock().unwrap()[0],

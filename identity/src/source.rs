@@ -37,6 +37,11 @@ impl fmt::Debug for Token {
 pub trait TokenSource: Send + Sync + 'static {
     /// A token for `profile` valid for at least `min_validity` seconds.
     async fn token(&self, profile: &ProfileName, min_validity: u64) -> Result<Token, Error>;
+
+    /// Where fetched tokens come from, as the request log names it.
+    fn origin(&self) -> &'static str {
+        "token_api"
+    }
 }
 
 #[async_trait]
