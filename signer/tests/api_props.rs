@@ -332,13 +332,13 @@ fn is_known_lambda_http_panic(message: &str, event: Option<&Value>) -> bool {
             .is_some_and(|e| URL_PARSE_ERRORS.contains(&e))
 }
 
-/// Answers one event; `None` when it never reaches the function.
 /// One request at a time through the shared broker: the tests of this file
 /// run in parallel threads, and the Entra calls one request caused are read
 /// as the counter's difference, which another test's request in between
 /// would change (a 405 was once charged with another test's exchange).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Answers one event; `None` when it never reaches the function.
 fn answer(event: &Value) -> Option<(u16, Value, Response<Body>, u32, String)> {
     let request = deserialise(event)?;
     let api = &*API;
