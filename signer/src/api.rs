@@ -91,6 +91,7 @@ async fn answer(broker: &Broker, req: &Request, audit: &mut AuditRecord) -> Resu
     // An unknown name is the broker's first check (404).
     if let Some(profile) = broker.profiles().get(name.as_str()) {
         audit.profile_configured = true;
+        audit.assertion = Some(profile.assertion.as_str());
         if !profile.allows(&principal) {
             return Err(Error::CallerNotAllowed {
                 profile: name.to_string(),

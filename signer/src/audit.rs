@@ -75,6 +75,10 @@ pub struct AuditRecord {
     /// metric dimension (anything else is the caller's choice of string).
     #[serde(skip)]
     pub profile_configured: bool,
+    /// Where a configured profile's assertions come from (`kms`, `sts`), so
+    /// that `sign_calls` and `sign_ms` read as KMS or as STS calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<&'static str>,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
@@ -106,6 +110,7 @@ impl AuditRecord {
             account = caller.and_then(|c| c.account.as_deref()),
             source_ip = caller.and_then(|c| c.source_ip.as_deref()),
             profile = %self.profile,
+            assertion = self.assertion,
             status = self.status,
             error = self.error,
             cache = self.cache.map(CacheOutcome::as_str),

@@ -5,7 +5,7 @@
 //! and the Entra stand-in validates them against the stand-in's own
 //! discovery document and key set, as Entra validates AWS's issuer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
@@ -20,6 +20,7 @@ use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::discovery::Issuer;
 use aws2azure_shared::profile::Profiles;
 use aws2azure_signer::api::handle;
+use aws2azure_signer::audit::AuditRecord;
 use aws2azure_signer::broker::{Assertions, Broker, BrokerSettings};
 use aws2azure_signer::entra::EntraClient;
 use aws2azure_signer::signing::LocalKeySigner;
@@ -64,6 +65,8 @@ struct Rig {
     sts: StsStandIn,
     entra: EntraStandIn,
     client: TokenClient,
+    /// The audit record of every request the token API answered.
+    audits: Arc<Mutex<Vec<AuditRecord>>>,
     _servers: Vec<Server>,
 }
 
@@ -157,9 +160,16 @@ impl Rig {
             Arc::new(SystemClock),
         )
         .unwrap();
+        let audits = Arc::new(Mutex::new(Vec::new()));
+        let recorded = audits.clone();
         let function: gateway::Function = Arc::new(move |request| {
             let broker = broker.clone();
-            Box::pin(async move { handle(&broker, &request).await.0 })
+            let recorded = recorded.clone();
+            Box::pin(async move {
+                let (response, audit) = handle(&broker, &request).await;
+                recorded.lock().unwrap().push(audit);
+                response
+            })
         });
         let gateway_server = gateway::serve(loopback(), REGION, "test", vec![workload()], function)
             .await
@@ -181,6 +191,7 @@ impl Rig {
             sts,
             entra,
             client,
+            audits,
             _servers: vec![sts_server, entra_server, gateway_server],
         }
     }
@@ -231,6 +242,22 @@ async fn profiles_get_tokens_for_their_own_roles_through_sts() {
     assert_eq!(again.access_token, graph.access_token);
     assert_eq!(rig.sts.stats().web_identity_token_calls, 3);
     assert_eq!(rig.entra.stats().token_requests, 3);
+
+    // The audit says where each assertion came from, and how many STS gave.
+    let audits = rig.audits.lock().unwrap();
+    let seen: Vec<_> = audits
+        .iter()
+        .map(|a| (a.profile.as_str(), a.assertion, a.sign_calls))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("graph", Some("sts"), 1),
+            ("mail", Some("sts"), 1),
+            ("own", Some("sts"), 1),
+            ("graph", Some("sts"), 0),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -84,6 +84,7 @@ async fn an_iam_user_gets_a_token_then_a_cache_hit() {
     );
     assert_eq!(audit[0]["source_ip"], "203.0.113.10");
     assert_eq!(audit[0]["profile"], "graph");
+    assert_eq!(audit[0]["assertion"], "kms");
     assert_eq!(audit[0]["status"], 200);
     assert_eq!(audit[0]["cache"], "miss");
     assert_eq!(audit[0]["entra_calls"], 1);
