@@ -256,108 +256,6 @@ impl Authority {
     }
 }
 
-impl PrincipalArn {
-    pub fn parse(arn: &str) -> Result<Self, Error> {
-        let fail = |reason: &str| {
-            reason_only(
-                "allowed_principals",
-                format!("`{}` {reason}", printable(arn)),
-            )
-        };
-        let expected = "is not an IAM role or user ARN; write e.g. \
-                        arn:aws:iam::111122223333:role/NAME or arn:aws:iam::111122223333:user/NAME";
-        if arn.contains(['*', '?']) {
-            return Err(fail(
-                "has a wildcard: principals are compared exactly, so list each one",
-            ));
-        }
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
-            return Err(fail(expected));
-        };
-        let valid_partition = partition.starts_with("aws")
-            && partition
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if *prefix != "arn" || !valid_partition {
-            return Err(fail(expected));
-        }
-        if *service == "sts" && resource.starts_with("assumed-role/") {
-            return Err(fail(&format!(
-                "is a role session; callers are matched by their role, whatever the session: \
-                 write arn:{partition}:iam::{account}:role/ROLE_NAME"
-            )));
-        }
-        if *service != "iam" || !region.is_empty() {
-            return Err(fail(expected));
-        }
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(fail("must name a 12-digit AWS account id"));
-        }
-        let iam_name = |name: &str| {
-            (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-        };
-        if let Some(role) = resource.strip_prefix("role/") {
-            if role.contains('/') {
-                return Err(fail(&format!(
-                    "has a role path: an assumed-role caller carries none, so write the role \
-                     without it, arn:{partition}:iam::{account}:role/{}",
-                    printable(role.rsplit('/').next().unwrap_or_default())
-                )));
-            }
-            if !iam_name(role) {
-                return Err(fail("has an invalid role name"));
-            }
-        } else if let Some(user) = resource.strip_prefix("user/") {
-            if !user.split('/').all(iam_name) {
-                return Err(fail("has an invalid user name or path"));
-            }
-        } else {
-            return Err(fail(expected));
-        }
-        Ok(Self(arn.to_string()))
-    }
-}
-
-impl RoleArn {
-    /// `arn:PARTITION:iam::ACCOUNT:role/NAME`, with the role's path if it
-    /// has one (`role/PATH/NAME`): AssumeRole needs the whole ARN.
-    pub fn parse(field: &'static str, arn: &str) -> Result<Self, Error> {
-        let fail = |reason: &str| reason_only(field, format!("`{}` {reason}", printable(arn)));
-        let expected = "is not an IAM role ARN; write e.g. arn:aws:iam::111122223333:role/NAME";
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
-            return Err(fail(expected));
-        };
-        let valid_partition = partition.starts_with("aws")
-            && partition
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if *prefix != "arn" || !valid_partition || *service != "iam" || !region.is_empty() {
-            return Err(fail(expected));
-        }
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(fail("must name a 12-digit AWS account id"));
-        }
-        let Some(path_and_name) = resource.strip_prefix("role/") else {
-            return Err(fail(expected));
-        };
-        let valid = path_and_name.split('/').all(|part| {
-            (1..=64).contains(&part.len())
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-        });
-        if !valid {
-            return Err(fail("has an invalid role name or path"));
-        }
-        Ok(Self(arn.to_string()))
-    }
-}
-
 /// Where a profile's client assertions come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -671,6 +569,8 @@ fn is_domain(s: &str) -> bool {
             .next()
             .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
+
+mod arn;
 
 #[cfg(test)]
 mod tests;
