@@ -3,6 +3,7 @@
 //! Entra-compatible token endpoint ([`entra`]), a SigV4-verifying API
 //! Gateway ([`gateway`], its verifier in [`sigv4`]), a Lambda Runtime API
 //! ([`lambda_runtime_api`]) and its Extensions API ([`extensions_api`]),
+//! with the Lambda binaries they run as processes ([`lambda_binary`]),
 //! moto server for KMS and DynamoDB ([`moto`]),
 //! a proxy that injects AWS faults in front of it ([`fault_proxy`]), AWS
 //! STS's outbound identity federation, which moto lacks ([`sts`]), and the
@@ -15,6 +16,7 @@ pub mod entra;
 pub mod extensions_api;
 pub mod fault_proxy;
 pub mod gateway;
+pub mod lambda_binary;
 pub mod lambda_runtime_api;
 pub mod moto;
 pub mod sigv4;

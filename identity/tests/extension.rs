@@ -18,7 +18,7 @@ use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential, issued_claims};
 use aws2azure_devstack::extensions_api::{ErrorKind, ExtensionsApi};
 use aws2azure_devstack::gateway::{self, Principal};
-use aws2azure_devstack::{Server, loopback};
+use aws2azure_devstack::{Server, lambda_binary, loopback};
 use aws2azure_shared::assertion::AUDIENCE;
 use aws2azure_shared::clock::SystemClock;
 use aws2azure_shared::jwk::JwkSet;
@@ -33,22 +33,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// The extension process to start: `AWS2AZURE_EXTENSION` (default: the
 /// native build) behind the optional `AWS2AZURE_EXTENSION_RUNNER`.
 fn extension() -> tokio::process::Command {
-    let binary = std::env::var("AWS2AZURE_EXTENSION")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_aws2azure-identity").to_string());
-    assert!(
-        std::path::Path::new(&binary).is_file(),
-        "AWS2AZURE_EXTENSION={binary} is not a file: build it (./scripts/build-lambda --extension) or unset it"
-    );
-    let runner = std::env::var("AWS2AZURE_EXTENSION_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    match runner.next() {
-        None => tokio::process::Command::new(binary),
-        Some(emulator) => {
-            let mut command = tokio::process::Command::new(emulator);
-            command.args(runner).arg(binary);
-            command
-        }
-    }
+    lambda_binary::command(
+        "AWS2AZURE_EXTENSION",
+        env!("CARGO_BIN_EXE_aws2azure-identity"),
+        "./scripts/build-lambda --extension",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "00000000-1111-2222-3333-444444444444";

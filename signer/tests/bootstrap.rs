@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use aws2azure_devstack::edge_server::EdgeServer;
 use aws2azure_devstack::entra::{EntraConfig, EntraStandIn, FederatedCredential};
 use aws2azure_devstack::lambda_runtime_api::{Outcome, RuntimeApi};
-use aws2azure_devstack::loopback;
 use aws2azure_devstack::moto::MotoServer;
+use aws2azure_devstack::{lambda_binary, loopback};
 use aws2azure_shared::jwk::{Jwk, JwkSet};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -28,22 +28,12 @@ const EVENT: &str = include_str!("fixtures/rest-iam-user.json");
 /// The bootstrap process to start: `AWS2AZURE_BOOTSTRAP` (default: the
 /// native build) behind the optional `AWS2AZURE_BOOTSTRAP_RUNNER`.
 fn bootstrap() -> tokio::process::Command {
-    let binary = std::env::var("AWS2AZURE_BOOTSTRAP")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bootstrap").to_string());
-    assert!(
-        std::path::Path::new(&binary).is_file(),
-        "AWS2AZURE_BOOTSTRAP={binary} is not a file: build it (./scripts/build-lambda) or unset it"
-    );
-    let runner = std::env::var("AWS2AZURE_BOOTSTRAP_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    match runner.next() {
-        None => tokio::process::Command::new(binary),
-        Some(emulator) => {
-            let mut command = tokio::process::Command::new(emulator);
-            command.args(runner).arg(binary);
-            command
-        }
-    }
+    lambda_binary::command(
+        "AWS2AZURE_BOOTSTRAP",
+        env!("CARGO_BIN_EXE_bootstrap"),
+        "./scripts/build-lambda",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn lambda_env(runtime_api: &str) -> Vec<(&'static str, String)> {
