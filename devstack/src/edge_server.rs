@@ -41,12 +41,7 @@ impl EdgeServer {
         issuer_for: impl FnOnce(SocketAddr) -> String,
         keys: Option<&JwkSet>,
     ) -> Result<Self, Error> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?;
+        let (listener, bound) = crate::bind(addr).await?;
         let issuer_url = issuer_for(bound);
         let config = EdgeConfig::from_vars(|name| match name {
             aws2azure_edge::ISSUER => Some(issuer_url.clone()),

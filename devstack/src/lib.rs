@@ -45,6 +45,18 @@ pub enum Error {
     Sts(String),
 }
 
+/// Binds `addr` and says which address it got (port 0 picks a free one),
+/// for a server whose configuration names its own URL.
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
 /// An HTTP server on a real socket, stopped when dropped.
 pub struct Server {
     addr: SocketAddr,
@@ -64,9 +76,7 @@ impl Server {
     }
 
     async fn launch(addr: SocketAddr, router: axum::Router, peers: bool) -> Result<Self, Error> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let (listener, _) = bind(addr).await?;
         Self::from_listener(listener, router, peers)
     }
 

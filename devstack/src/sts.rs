@@ -134,12 +134,7 @@ impl StsStandIn {
     /// Serves on `addr` (port 0 picks a free one); the issuer is
     /// `http://ADDR`. Outbound federation starts enabled.
     pub async fn serve(config: StsConfig, addr: SocketAddr) -> Result<(Self, Server), Error> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?;
+        let (listener, bound) = crate::bind(addr).await?;
         let key = KeyPair::generate(KeySize::Rsa2048)
             .map_err(|_| Error::Sts("RSA key generation failed".into()))?;
         let jwk = Jwk::from_pkcs1_der(key.public_key().as_ref())
